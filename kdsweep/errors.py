@@ -1,0 +1,32 @@
+"""The errors a user can cause. Library code raises these; only ``cli.py`` turns them into exits.
+
+Each message is one line that names the file or field and the bad value.
+"""
+
+
+class KdsweepError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class SpecError(KdsweepError):
+    """A study spec or CLI override is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class DataError(KdsweepError):
+    """A data set is missing, unreadable or malformed."""
+
+
+class CheckpointError(KdsweepError):
+    """A checkpoint is truncated, corrupted or carries code."""
+
+
+class TrackingError(KdsweepError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+class StudyError(KdsweepError):
+    """A study cannot go on (e.g. every trial failed, or the storage refuses it)."""
