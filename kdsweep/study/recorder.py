@@ -1,0 +1,70 @@
+"""What the study layer tells the outside world. The tracking layer implements it with MLflow.
+
+The study layer never imports MLflow: it calls a Recorder, so the same runner works with MLflow,
+with nothing (``NullRecorder``), or with a test double.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kdsweep.core.trainer import EpochMetrics
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run_id: str
+    summary: dict[str, float]
+    checkpoint: Path | None  # local path to the final weights, when they could be fetched
+
+
+@dataclass
+class RunInfo:
+    role: str  # teacher | baseline | distilled
+    key: str  # config fingerprint (teacher, baseline) or trial id (distilled)
+    params: dict[str, Any]
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None  # reopen this run (a retried trial) instead of starting one
+
+
+class Recorder(Protocol):
+    def begin_study(self, study_name: str, params: dict[str, Any]) -> None: ...
+
+    def find(self, role: str, key: str) -> FinishedRun | None: ...
+
+    def start(self, info: RunInfo) -> str: ...
+
+    def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None: ...
+
+    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None: ...
+
+    def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None: ...
+
+    def end_study(self, summary: dict[str, Any]) -> None: ...
+
+
+class NullRecorder:
+    """Records nothing and finds nothing: every teacher and baseline is trained afresh."""
+
+    def begin_study(self, study_name: str, params: dict[str, Any]) -> None:
+        pass
+
+    def find(self, role: str, key: str) -> FinishedRun | None:
+        return None
+
+    def start(self, info: RunInfo) -> str:
+        return info.run_id or f"{info.role}-{info.key}"
+
+    def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
+        pass
+
+    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None:
+        pass
+
+    def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:
+        pass
+
+    def end_study(self, summary: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,265 @@
+"""StudySpec: the validated study YAML. ``load_spec`` is the only place YAML is read.
+
+Everything is checked here, once, so a typo fails before any study, run or file is created.
+Relative paths (data root, SQLite files) are relative to the directory kdsweep is run from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdsweep.errors import SpecError
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns/artifacts"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Strict):
+    """A continuous range; ``log`` samples on a log scale; ``step`` makes it discrete."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"low={self.low!r} is above high={self.high!r}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low!r}")
+        return self
+
+    def values(self) -> list[float]:
+        return [self.low, self.high]
+
+
+class Choices(Strict):
+    choices: list[float] = Field(min_length=1)
+
+    def values(self) -> list[float]:
+        return list(self.choices)
+
+
+Param = Union[Range, Choices, float]
+
+# bounds of each searchable value: (check, description)
+_BOUNDS = {
+    "temperature": (lambda v: v > 0, "must be > 0"),
+    "alpha": (lambda v: 0 <= v <= 1, "must lie in [0, 1] (alpha weights the KD term)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "must lie in [0, 1) (0 turns EMA off)"),
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "width": (lambda v: v > 0, "must be > 0"),
+}
+
+
+def _check_bounds(name: str, p: Param | None) -> Param | None:
+    if p is None:
+        return p
+    ok, text = _BOUNDS[name]
+    values = [p] if isinstance(p, (int, float)) else p.values()
+    bad = [v for v in values if not ok(v)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} {text}")
+    return p
+
+
+class Recipe(Strict):
+    """How a network is trained (teacher, baseline and distilled students)."""
+
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    patience: int = Field(default=0, ge=0)
+    augment: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class DataSpec(Strict):
+    dataset: str = "cifar10"
+    root: Path = Path("data")
+    limit_per_file: int | None = Field(default=None, ge=1)  # first N records of each official file
+    image_size: int | None = Field(default=None, ge=8)  # image folders: resize + centre crop
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from kdsweep.core.data import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset; choose from {DATASETS.names()}")
+        return v
+
+
+def _known_model(v: str) -> str:
+    from kdsweep.core.models import MODELS
+
+    if v not in MODELS:
+        raise ValueError(f"unknown architecture; choose from {MODELS.names()}")
+    return v
+
+
+class TeacherSpec(Strict):
+    arch: str
+    width: float = Field(default=1.0, gt=0)
+    checkpoint: Path | None = None  # a trained teacher's weights: skip training
+    seed: int = 0
+    recipe: Recipe = Recipe()
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError("checkpoint file does not exist")
+        return v
+
+
+class StudentSpec(Strict):
+    arch: str
+    width: float = Field(default=1.0, gt=0)  # used when the search space has no width
+    temperature: float = Field(default=4.0, gt=0)  # used when not searched
+    alpha: float = Field(default=0.9, ge=0, le=1)  # KD-term weight, used when not searched
+    recipe: Recipe = Recipe()
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+
+
+class SearchSpace(Strict):
+    """Each entry: a Range, a list of choices, a fixed number, or absent (use the student's value)."""
+
+    temperature: Param | None = None
+    alpha: Param | None = None
+    ema_decay: Param | None = None
+    lr: Param | None = None
+    width: Param | None = None
+
+    @field_validator("temperature", "alpha", "ema_decay", "lr", "width")
+    @classmethod
+    def _in_bounds(cls, v: Param | None, info) -> Param | None:
+        return _check_bounds(info.field_name, v)
+
+    def items(self) -> list[tuple[str, Param]]:
+        return [(k, v) for k, v in self.__dict__.items() if v is not None]
+
+
+class StudySpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    data: DataSpec = DataSpec()
+    teacher: TeacherSpec
+    student: StudentSpec
+    search: SearchSpace = SearchSpace()
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    n_trials: int = Field(default=8, ge=1)
+    timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
+    objective: Literal["test_acc", "delta_vs_baseline"] = "test_acc"
+    storage: str = DEFAULT_STORAGE  # Optuna storage URL
+    tracking_uri: str = DEFAULT_TRACKING_URI  # MLflow tracking URI
+    artifacts: str = DEFAULT_ARTIFACTS  # artifact root for new MLflow experiments (local stores)
+    device: str = "auto"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds repeat")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @model_validator(mode="after")
+    def _sampler_fits_space(self) -> "StudySpec":
+        if self.sampler == "grid":
+            ranged = [k for k, v in self.search.items() if isinstance(v, Range) and v.step is None]
+            if ranged:
+                raise ValueError(f"grid sampler needs choices (or a step) for {ranged}")
+        return self
+
+
+def _flatten(loc: tuple[Any, ...]) -> str:
+    # pydantic puts union member names (e.g. 'Range', 'float') into the location: drop them
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p[:1].isupper()) and p not in
+             ("float", "int", "function-after[_ordered(), Range]")]
+    return ".".join(parts) or "<spec>"
+
+
+def format_errors(source: str, err: ValidationError) -> list[str]:
+    """One line per problem: ``file: field=value: message``; one line per field for unions."""
+    lines: dict[str, str] = {}
+    for e in err.errors():
+        field = _flatten(e["loc"])
+        value = e.get("input")
+        shown = "<missing>" if e["type"] == "missing" else repr(value)
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.setdefault(field, f"{source}: {field}={shown}: {msg}")
+    return list(lines.values())
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read spec: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+    if raw is None:
+        raise SpecError([f"{path}: spec is empty"])
+    if not isinstance(raw, dict):
+        raise SpecError([f"{path}: spec must be a mapping of keys, got {type(raw).__name__}"])
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """CLI flags win over the spec. Keys: data_root, n_trials, storage, tracking_uri, device."""
+    out = dict(raw)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "data_root":
+            out["data"] = {**(out.get("data") or {}), "root": value}
+        else:
+            out[key] = value
+    return out
+
+
+def load_spec(path: Path, overrides: dict[str, Any] | None = None, *, check_data: bool = True) -> StudySpec:
+    """Read, override and validate a study spec; raise SpecError listing every problem."""
+    raw = apply_overrides(read_yaml(path), overrides or {})
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(format_errors(str(path), exc)) from None
+    if check_data and not spec.data.root.exists():
+        raise SpecError([f"{path}: data.root={str(spec.data.root)!r}: folder does not exist "
+                         f"(download with: kdsweep data download {spec.data.dataset} --root {spec.data.root})"])
+    return spec
