@@ -75,18 +75,20 @@ class TrainResult:
         return self.ema_model.module if self.ema_model is not None else self.model
 
     def summary(self) -> dict[str, float]:
-        """Final-epoch numbers (the reported epoch) plus the best epoch for reference."""
+        """Final-epoch numbers (the reported epoch), plus the best epoch for reference only."""
         best = max(self.history, key=lambda m: m.score)
-        return {
+        out = {
             "final_epoch": self.final.epoch,
-            "test_acc": self.final.score,
-            "test_acc_raw": self.final.test_acc,
-            **({"test_acc_ema": self.final.test_acc_ema} if self.final.test_acc_ema is not None else {}),
-            "train_acc": self.final.train_acc,
+            "final_test_acc": self.final.score,
+            "final_test_acc_raw": self.final.test_acc,
+            "final_train_acc": self.final.train_acc,
             "best_test_acc": best.score,
             "best_epoch": best.epoch,
             "num_params": self.num_params,
         }
+        if self.final.test_acc_ema is not None:
+            out["final_test_acc_ema"] = self.final.test_acc_ema
+        return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -283,3 +285,14 @@ def train(
         model=model, ema_model=ema, history=history, num_params=count_params(model),
         stopped_early=stopped_early, resumed_from_epoch=start_epoch,
     )
+
+
+def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu", batch_size: int = 512) -> tuple[float, float]:
+    """(train accuracy without augmentation, test accuracy) of a trained model."""
+    dev = resolve_device(device)
+    model.to(dev)
+    common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False)
+    autocast = contextlib.nullcontext if dev.type == "cpu" else (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
+    train_acc = evaluate(model, DeviceLoader(data.train_x, data.train_y, **common), autocast)
+    test_acc = evaluate(model, DeviceLoader(data.test_x, data.test_y, **common), autocast)
+    return train_acc, test_acc

@@ -1,0 +1,150 @@
+"""The kdsweep command line: parse, call the library, turn KdsweepError into one-line exits.
+
+Heavy imports (torch, optuna, mlflow) happen inside commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from kdsweep.errors import KdsweepError, SpecError
+
+DATA_ROOT_ENV = "KDSWEEP_DATA_ROOT"
+
+
+class UserError(click.ClickException):
+    """Printed as ``Error: <message>`` with exit code 2."""
+
+    exit_code = 2
+
+
+def fail(exc: KdsweepError) -> UserError:
+    if isinstance(exc, SpecError) and len(exc.problems) > 1:
+        # every problem on its own line, each naming file, field and value
+        return UserError("\n".join(exc.problems))
+    return UserError(str(exc))
+
+
+def spec_overrides(data_root, n_trials, storage, tracking_uri, device) -> dict:
+    """Flags win over KDSWEEP_DATA_ROOT, which wins over the spec's data root."""
+    return {"data_root": data_root or os.environ.get(DATA_ROOT_ENV) or None, "n_trials": n_trials,
+            "storage": storage, "tracking_uri": tracking_uri, "device": device}
+
+
+def override_options(f):
+    opts = [
+        click.option("--data-root", type=click.Path(path_type=Path), help=f"Data folder (beats ${DATA_ROOT_ENV} and the spec)."),
+        click.option("--n-trials", type=click.IntRange(min=1), help="Finished trials the study should hold."),
+        click.option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/optuna."),
+        click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.group()
+@click.version_option(package_name="kdsweep")
+def main() -> None:
+    """Knowledge-distillation sweeps: Optuna search, MLflow tracking, honest reports."""
+
+
+@main.group()
+def study() -> None:
+    """Validate and run studies."""
+
+
+def _load(spec_path: Path, **flags):
+    from kdsweep.study.spec import load_spec
+
+    return load_spec(spec_path, spec_overrides(**flags))
+
+
+@study.command("validate")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+def study_validate(spec_path: Path, **flags) -> None:
+    """Check SPEC without running it and print the resolved settings."""
+    import yaml
+
+    try:
+        spec = _load(spec_path, **flags)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    click.echo(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip())
+    click.echo(f"# {spec_path}: valid")
+
+
+@study.command("run")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+def study_run(spec_path: Path, **flags) -> None:
+    """Train the teacher once, the baselines, then distilled-student trials; log all to MLflow."""
+    try:
+        spec = _load(spec_path, **flags)
+        from kdsweep.progress import ProgressRecorder
+        from kdsweep.study.runner import run_study
+        from kdsweep.tracking.logger import MlflowRecorder
+
+        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
+        with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
+            outcome = run_study(spec, recorder=progress)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted. Finished trials are kept; resume with: kdsweep study run {spec_path}", err=True)
+        sys.exit(130)
+    click.echo(f"study {outcome.study_name}: {outcome.complete} complete, {outcome.pruned} pruned, "
+               f"{outcome.failed} failed; teacher {outcome.teacher_acc:.4f}; "
+               f"best trial {outcome.best_trial}: {outcome.best_value} {outcome.best_params}")
+    click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
+
+
+@main.command("report")
+@click.argument("study_name", metavar="STUDY")
+@click.option("--tracking-uri", default="sqlite:///mlruns/mlflow.db", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "html"]), default="md", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
+def report(study_name: str, tracking_uri: str, fmt: str, out: Path | None) -> None:
+    """Print the teacher / student / distilled table of STUDY from MLflow."""
+    from kdsweep.tracking.report import RENDERERS, load_report
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
+    try:
+        text = RENDERERS[fmt](load_report(study_name, tracking_uri))
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+
+
+@main.group()
+def data() -> None:
+    """Data sets."""
+
+
+@data.command("download")
+@click.argument("name", type=click.Choice(["cifar10", "cifar100", "imagefolder"]))
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Folder to download into.")
+def data_download(name: str, root: Path) -> None:
+    """Download NAME into ROOT with torchvision's downloader (needs internet)."""
+    from kdsweep.core.data import download_dataset
+
+    try:
+        path = download_dataset(name, root)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    click.echo(f"{name} is in {path}")
+
+
+if __name__ == "__main__":
+    main()

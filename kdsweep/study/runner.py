@@ -1,0 +1,133 @@
+"""run_study: open (or continue) the Optuna study, train the teacher once, then run trials.
+
+Storage, sampler, pruner and heartbeat come from Optuna itself. Rerunning the same command
+continues the study: finished trials are kept and only the missing ones are run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from kdsweep.core.data import ImageSet, load_dataset
+from kdsweep.core.teachers import OnlineTeacher
+from kdsweep.core.trainer import resolve_device
+from kdsweep.errors import StudyError
+from kdsweep.study import space
+from kdsweep.study.objective import Objective
+from kdsweep.study.recorder import Recorder
+from kdsweep.study.spec import StudySpec
+from kdsweep.study.storage import open_storage
+from kdsweep.study.teacher import Trained, from_checkpoint, obtain
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class StudyOutcome:
+    study_name: str
+    complete: int
+    pruned: int
+    failed: int
+    best_value: float | None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
+    teacher_acc: float | None = None
+
+
+def make_sampler(spec: StudySpec, n_existing: int) -> optuna.samplers.BaseSampler:
+    # seed from the study's first seed and how many trials exist, so a resumed study does not
+    # replay the first random draws of the previous run
+    seed = spec.seeds[0] * 1000 + n_existing
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid_space(spec), seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    epochs = spec.student.recipe.epochs
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 3))
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    storage = open_storage(spec.storage)
+    try:
+        existing = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
+    except KeyError:
+        existing = 0
+    return optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
+                               sampler=make_sampler(spec, existing), pruner=make_pruner(spec),
+                               load_if_exists=True)
+
+
+def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Path, device: str) -> Trained:
+    cfg = space.teacher_config(spec, device)
+    tags = {"study": spec.name}
+    if spec.teacher.checkpoint is not None:
+        return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
+    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags)
+
+
+def load_data(spec: StudySpec) -> ImageSet:
+    d = spec.data
+    return load_dataset(d.dataset, d.root, limit_per_file=d.limit_per_file, image_size=d.image_size)
+
+
+def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns")) -> StudyOutcome:
+    """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones."""
+    device = str(resolve_device(spec.device))
+    data = load_data(spec)
+    study = open_study(spec)
+    recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+    teacher = get_teacher(spec, data, recorder, workdir, device)
+    study.set_user_attr("teacher_test_acc", teacher.test_acc)
+
+    objective = Objective(spec, data, OnlineTeacher(teacher.model), teacher, recorder=recorder,
+                          workdir=workdir, device=device)
+    remaining = spec.n_trials - sum(t.state in DONE for t in study.trials)
+    if remaining > 0:
+        # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
+        # KeyboardInterrupt and SystemExit still stop the study.
+        study.optimize(objective, n_trials=remaining, timeout=spec.timeout, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=DONE)])
+    outcome = summarize(study, teacher.test_acc)
+    recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
+                        "best_value": outcome.best_value})
+    if outcome.complete == 0 and outcome.failed > 0:
+        reasons = sorted({t.user_attrs.get("fail_reason", "see the trial logs") for t in study.trials
+                          if t.state == TrialState.FAIL})
+        raise StudyError(f"study {spec.name!r}: every trial failed ({outcome.failed}); first reason: {reasons[0]}")
+    return outcome
+
+
+def summarize(study: optuna.Study, teacher_acc: float | None) -> StudyOutcome:
+    trials = study.trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    return StudyOutcome(
+        study_name=study.study_name,
+        complete=len(complete),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_trial=best.number if best else None,
+        teacher_acc=teacher_acc,
+    )
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -1,0 +1,99 @@
+"""Teachers and baselines are trained once and reused, keyed by config fingerprint + data identity.
+
+A run is reused only when a finished run with the same key exists (found through the Recorder),
+so a changed recipe, seed, width or data set never picks up a stale model. A training that was
+interrupted resumes from its per-epoch checkpoint in ``workdir/progress``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
+from kdsweep.core.config import TrainConfig
+from kdsweep.core.data import ImageSet
+from kdsweep.core.models import build_model, count_params
+from kdsweep.core.teachers import TeacherSource
+from kdsweep.core.trainer import evaluate_split, train
+from kdsweep.errors import CheckpointError
+from kdsweep.study.recorder import Recorder, RunInfo
+
+
+@dataclass
+class Trained:
+    model: nn.Module  # the weights the run is judged by (EMA when EMA was on)
+    summary: dict[str, float]
+    run_id: str
+    reused: bool
+
+    @property
+    def test_acc(self) -> float:
+        return self.summary["final_test_acc"]
+
+
+def weights_payload(cfg: TrainConfig, num_classes: int, model: nn.Module) -> dict[str, Any]:
+    return {"arch": cfg.arch, "width": cfg.width, "num_classes": num_classes,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_weights(path: Path, arch: str, width: float, num_classes: int) -> nn.Module:
+    """Build ``arch`` and load weights saved by kdsweep (or a bare state_dict)."""
+    payload = load_checkpoint(path)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds no state_dict")
+    model = build_model(arch, num_classes=num_classes, width=width)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: does not fit {arch} x{width}: {first}") from exc
+    return model
+
+
+def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
+           tags: dict[str, str], teacher: TeacherSource | None = None) -> Trained:
+    """Reuse the finished run with this config and data, or train (resuming) and record it."""
+    key = cfg.fingerprint(data_identity=data.identity)
+    found = recorder.find(role, key)
+    if found is not None and found.checkpoint is not None:
+        model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes)
+        return Trained(model.eval(), dict(found.summary), found.run_id, reused=True)
+
+    params = {**cfg.as_params(), "data_identity": data.identity, "dataset": data.name}
+    run_id = recorder.start(RunInfo(role=role, key=key, params=params, tags=tags))
+    try:
+        result = train(cfg, data, teacher=teacher, checkpoint_path=workdir / "progress" / f"{role}-{key}.pt",
+                       on_epoch=lambda m: recorder.log_epoch(run_id, m))
+    except BaseException as exc:
+        recorder.fail(run_id, f"{type(exc).__name__}: {exc}", killed=isinstance(exc, KeyboardInterrupt))
+        raise
+    final = save_checkpoint(weights_payload(cfg, data.num_classes, result.scored_model),
+                            workdir / "models" / f"{role}-{key}.pt")
+    summary = result.summary()
+    recorder.finish(run_id, summary, final)
+    return Trained(result.scored_model.eval(), summary, run_id, reused=False)
+
+
+def from_checkpoint(path: Path, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder,
+                    tags: dict[str, str]) -> Trained:
+    """A teacher given as weights: evaluate it once and record it as the study's teacher run."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256(f"{digest}:{data.identity}".encode()).hexdigest()[:16]
+    model = load_weights(path, cfg.arch, cfg.width, data.num_classes)
+    found = recorder.find("teacher", key)
+    if found is not None:
+        return Trained(model.eval(), dict(found.summary), found.run_id, reused=True)
+    train_acc, test_acc = evaluate_split(model, data, device=cfg.device)
+    summary = {"final_test_acc": test_acc, "final_train_acc": train_acc, "num_params": count_params(model),
+               "final_epoch": 0}
+    params = {"arch": cfg.arch, "width": cfg.width, "checkpoint": str(path), "checkpoint_sha256": digest,
+              "data_identity": data.identity, "dataset": data.name}
+    run_id = recorder.start(RunInfo(role="teacher", key=key, params=params, tags={**tags, "source": "checkpoint"}))
+    recorder.finish(run_id, summary, Path(path))
+    return Trained(model.eval(), summary, run_id, reused=False)

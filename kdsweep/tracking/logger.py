@@ -1,0 +1,189 @@
+"""MlflowRecorder: the study layer's Recorder, written with MlflowClient and explicit run ids.
+
+Layout: one experiment per study; one parent run (``role=study``); child runs tagged
+``role=teacher|baseline|distilled`` and ``config_hash`` (the reuse key). Explicit run ids, never
+MLflow's global active run, so parallel trials and workers cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kdsweep.core.trainer import EpochMetrics
+from kdsweep.errors import TrackingError
+from kdsweep.study.recorder import FinishedRun, RunInfo
+
+MAX_PARAM = 6000  # MLflow's limit on a param value's length
+
+# bounded retries: a lost server fails a trial in about a minute instead of hanging for long
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def quiet_mlflow_logs() -> None:
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_reachable(uri: str, *, timeout: float = 10.0) -> None:
+    """Fail fast, naming the URI, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            if r.status != 200:
+                raise TrackingError(f"tracking_uri={uri!r}: server answered {r.status} on /health")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(f"tracking_uri={uri!r}: MLflow server not reachable ({reason})") from None
+
+
+def local_artifact_root(tracking_uri: str, artifacts: str) -> str | None:
+    """Artifact location for experiments in a local store; a server picks its own."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return Path(artifacts).resolve().as_uri()
+
+
+class MlflowRecorder:
+    def __init__(self, tracking_uri: str, *, artifacts: str = "mlruns/artifacts", workdir: Path = Path("mlruns")) -> None:
+        quiet_mlflow_logs()
+        check_reachable(tracking_uri)
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.artifacts = artifacts
+        self.workdir = workdir
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+
+    # -- study ---------------------------------------------------------------------------
+    def experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        root = local_artifact_root(self.uri, self.artifacts)
+        location = f"{root}/{name}" if root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def begin_study(self, study_name: str, params: dict[str, Any]) -> None:
+        self.experiment_id = self.experiment(study_name)
+        found = self.client.search_runs([self.experiment_id], "tags.role = 'study'", max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            return
+        run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                     tags={"role": "study", "study": study_name})
+        self.parent_id = run.info.run_id
+        spec = params.get("spec", {})
+        flat = {"n_trials": spec.get("n_trials"), "sampler": spec.get("sampler"), "pruner": spec.get("pruner"),
+                "objective": spec.get("objective"), "seeds": spec.get("seeds"),
+                "teacher_arch": spec.get("teacher", {}).get("arch"),
+                "student_arch": spec.get("student", {}).get("arch"),
+                "dataset": spec.get("data", {}).get("dataset"), "data_identity": params.get("data_identity")}
+        self._log_params(self.parent_id, flat)
+        self.client.log_text(self.parent_id, json.dumps(params, indent=2, default=str), "spec.json")
+
+    def end_study(self, summary: dict[str, Any]) -> None:
+        if self.parent_id is None:
+            return
+        metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        self._log_metrics(self.parent_id, metrics, step=0)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+
+    # -- runs ------------------------------------------------------------------------------
+    def _search_all(self, filter_string: str, max_results: int = 1):
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        if not ids:
+            return []
+        return self.client.search_runs(ids, filter_string, max_results=max_results,
+                                       order_by=["attributes.start_time DESC"])
+
+    def find(self, role: str, key: str) -> FinishedRun | None:
+        runs = self._search_all(f"tags.role = '{role}' and tags.config_hash = '{key}' "
+                                "and attributes.status = 'FINISHED'")
+        if not runs:
+            return None
+        run = runs[0]
+        return FinishedRun(run.info.run_id, dict(run.data.metrics), self._checkpoint(run.info.run_id))
+
+    def _checkpoint(self, run_id: str) -> Path | None:
+        local = self.workdir / "downloads" / run_id
+        cached = sorted(local.glob("checkpoint/*.pt"))
+        if cached:
+            return cached[0]
+        files = [f.path for f in self.client.list_artifacts(run_id, "checkpoint") if f.path.endswith(".pt")]
+        if not files:
+            return None
+        local.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, files[0], str(local)))
+
+    def start(self, info: RunInfo) -> str:
+        if self.experiment_id is None:
+            raise RuntimeError("begin_study() must come first")
+        run_id = info.run_id or self._unfinished(info)
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        tags = {"role": info.role, "config_hash": info.key, **info.tags}
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        name = f"{info.role}-t{info.tags['trial']}-s{info.tags.get('seed')}" if "trial" in info.tags \
+            else f"{info.role}-{info.params.get('arch')}-x{info.params.get('width')}-s{info.params.get('seed')}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self._log_params(run.info.run_id, info.params)
+        return run.info.run_id
+
+    def _unfinished(self, info: RunInfo) -> str | None:
+        """A teacher or baseline run of the same key that was interrupted: continue it."""
+        if info.role == "distilled":
+            return None
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.role = '{info.role}' and tags.config_hash = '{info.key}' and attributes.status != 'FINISHED'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
+        self._log_metrics(run_id, metrics.as_dict(), step=metrics.epoch)
+
+    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None:
+        self._log_metrics(run_id, summary, step=int(summary.get("final_epoch", 0)))
+        if checkpoint is not None:
+            self.client.log_artifact(run_id, str(checkpoint), artifact_path="checkpoint")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:
+        self.client.set_tag(run_id, "failure_reason", reason[:5000])
+        self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items() if v is not None]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
