@@ -1,0 +1,3 @@
+from kdsweep.cli import main
+
+main()
