@@ -10,17 +10,30 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from kdsweep.errors import SpecError
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns/artifacts"
+STORAGE_SCHEMES = {"sqlite", "postgresql"}  # what kdsweep runs studies on (see study/coordination.py)
+TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "databricks"}
+# CLI flags that override spec fields: named in messages so a bad flag is not blamed on the file
+FLAG_FIELDS = {"data_root": ("data.root", "--data-root or $KDSWEEP_DATA_ROOT"), "n_trials": ("n_trials", "--n-trials"),
+               "storage": ("storage", "--storage"), "tracking_uri": ("tracking_uri", "--tracking-uri"),
+               "device": ("device", "--device")}
+
+
+def _scheme(url: str) -> str:
+    """``postgresql+psycopg2://...`` -> ``postgresql``; no scheme -> ``''``."""
+    head, sep, _ = url.partition(":")
+    return head.split("+", 1)[0].lower() if sep else ""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never meant: `lr: .inf` would pass a `> 0` check and diverge at once
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Range(Strict):
@@ -50,7 +63,19 @@ class Choices(Strict):
         return list(self.choices)
 
 
-Param = Union[Range, Choices, float]
+def _param_kind(v: Any) -> str:
+    # pick the union member from the input's shape, so a bad range reports its own problem
+    # (e.g. low above high) instead of also failing as choices and as a number
+    if isinstance(v, (Range, Choices)):
+        return type(v).__name__
+    if isinstance(v, dict):
+        return "Choices" if "choices" in v else "Range"
+    return "Number"
+
+
+Param = Annotated[Union[Annotated[Range, Tag("Range")], Annotated[Choices, Tag("Choices")],
+                        Annotated[float, Tag("Number")]], Discriminator(_param_kind)]
+_UNION_TAGS = {"Range", "Choices", "Number"}
 
 # bounds of each searchable value: (check, description)
 _BOUNDS = {
@@ -184,6 +209,23 @@ class StudySpec(Strict):
             raise ValueError("seeds repeat")
         return v
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        scheme = _scheme(v)
+        if scheme not in STORAGE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
+            raise ValueError("Optuna storage must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        scheme = _scheme(v)
+        if scheme not in TRACKING_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
+            raise ValueError(f"MLflow tracking URI must start with one of {sorted(TRACKING_SCHEMES)} "
+                             "(e.g. sqlite:///mlruns/mlflow.db or http://127.0.0.1:5000)")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -203,35 +245,41 @@ class StudySpec(Strict):
 
 
 def _flatten(loc: tuple[Any, ...]) -> str:
-    # pydantic puts union member names (e.g. 'Range', 'float') into the location: drop them
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p[:1].isupper()) and p not in
-             ("float", "int", "function-after[_ordered(), Range]")]
+    # pydantic puts union tags ('Range') and validator names into the location: drop them
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or p.startswith("function-")))]
     return ".".join(parts) or "<spec>"
 
 
-def format_errors(source: str, err: ValidationError) -> list[str]:
-    """One line per problem: ``file: field=value: message``; one line per field for unions."""
+def format_errors(source: str, err: ValidationError, flags: dict[str, str] | None = None) -> list[str]:
+    """One line per problem: ``file: field=value: message``; one line per field for unions.
+
+    ``flags`` maps a field path to the CLI flag that set it, named in that field's line.
+    """
     lines: dict[str, str] = {}
     for e in err.errors():
         field = _flatten(e["loc"])
         value = e.get("input")
         shown = "<missing>" if e["type"] == "missing" else repr(value)
         msg = e["msg"].removeprefix("Value error, ")
-        lines.setdefault(field, f"{source}: {field}={shown}: {msg}")
+        origin = f" (from {flags[field]})" if flags and field in flags else ""
+        lines.setdefault(field, f"{source}: {field}={shown}{origin}: {msg}")
     return list(lines.values())
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([f"{path}: cannot read spec: {exc.strerror or exc}"]) from exc
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read spec: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: cannot read spec: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                         f"at offset {exc.start})"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+        raise SpecError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
     if raw is None:
         raise SpecError([f"{path}: spec is empty"])
     if not isinstance(raw, dict):
@@ -252,14 +300,37 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
+def _data_root_problem(source: str, raw: dict[str, Any], flags: dict[str, str]) -> str | None:
+    """The data root, checked from the raw input so it is reported beside every other problem."""
+    data = raw.get("data", {})
+    if not isinstance(data, dict):
+        return None
+    root, dataset = data.get("root", DataSpec().root), data.get("dataset", DataSpec().dataset)
+    if not isinstance(root, (str, Path)) or Path(root).exists():
+        return None
+    origin = f" (from {flags['data.root']})" if "data.root" in flags else ""
+    return (f"{source}: data.root={str(root)!r}{origin}: folder does not exist "
+            f"(download with: kdsweep data download {dataset} --root {root})")
+
+
 def load_spec(path: Path, overrides: dict[str, Any] | None = None, *, check_data: bool = True) -> StudySpec:
-    """Read, override and validate a study spec; raise SpecError listing every problem."""
-    raw = apply_overrides(read_yaml(path), overrides or {})
+    """Read, override and validate a study spec; raise SpecError listing every problem.
+
+    Nothing is created here (no folder, database or run), so a bad spec leaves no trace.
+    """
+    overrides = overrides or {}
+    raw = apply_overrides(read_yaml(path), overrides)
+    flags = dict(FLAG_FIELDS[k] for k, v in overrides.items() if v is not None and k in FLAG_FIELDS)
+    problems: list[str] = []
+    spec = None
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(format_errors(str(path), exc)) from None
-    if check_data and not spec.data.root.exists():
-        raise SpecError([f"{path}: data.root={str(spec.data.root)!r}: folder does not exist "
-                         f"(download with: kdsweep data download {spec.data.dataset} --root {spec.data.root})"])
+        problems += format_errors(str(path), exc, flags)
+    if check_data and not any(p.startswith(f"{path}: data.root=") for p in problems):
+        problem = _data_root_problem(str(path), raw, flags)
+        if problem:
+            problems.append(problem)
+    if problems or spec is None:
+        raise SpecError(problems)
     return spec

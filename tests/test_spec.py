@@ -1,0 +1,149 @@
+"""load_spec: every problem of a bad spec, one line each, naming the field path and the bad value."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_spec
+from kdsweep.errors import SpecError
+from kdsweep.study.spec import Choices, Range, load_spec
+
+
+@pytest.fixture
+def good(tmp_path, subset_root) -> dict:
+    return yaml.safe_load(write_spec(tmp_path / "good.yaml", subset_root).read_text())
+
+
+def problems_of(tmp_path: Path, raw: dict, overrides: dict | None = None) -> list[str]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    return info.value.problems
+
+
+def with_(raw: dict, dotted: str, value) -> dict:
+    out = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = out
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return out
+
+
+def test_good_spec_loads(tmp_path, good):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(good))
+    spec = load_spec(path)
+    assert isinstance(spec.search.temperature, Range) and isinstance(spec.search.ema_decay, Choices)
+
+
+# (field path, bad value[, expected "path=value"]): each alone gives exactly one line naming both
+ONE_PROBLEM = [
+    ("colour", "red"),  # unknown key
+    ("teacher.lrr", 0.1),  # unknown nested key
+    ("n_trials", "many"),  # wrong type
+    ("n_trials", 0),
+    ("student.alpha", 1.5),
+    ("student.temperature", 0),
+    ("student.recipe.ema_decay", 1.0),
+    ("student.recipe.lr", 0),
+    ("student.recipe.lr", float("inf")),  # passes "> 0" unless inf is refused
+    ("search.alpha", {"low": 0.5, "high": 1.2}),
+    ("search.alpha", -0.1),
+    ("search.temperature", {"low": 0.0, "high": 4.0}),
+    ("search.ema_decay", {"choices": [0.0, 1.0]}),
+    ("search.lr", {"low": 0.2, "high": 0.1}),  # low > high
+    ("search.alpha", {"choices": []}, "search.alpha.choices=[]"),  # empty choices: the list is named
+    ("search.alpha", "high"),
+    ("teacher.arch", "resnet9000"),
+    ("student.arch", "vgg"),
+    ("sampler", "bayes"),
+    ("pruner", "asha"),
+    ("data.dataset", "mnist"),
+    ("data.root", "/no/such/folder"),
+    ("seeds", [0, 0]),
+    ("device", "gpu"),
+    ("storage", "optuna.db"),
+    ("tracking_uri", "ftp://example.org"),
+]
+
+
+@pytest.mark.parametrize("case", ONE_PROBLEM, ids=[f"{c[0]}={c[1]!r}" for c in ONE_PROBLEM])
+def test_one_bad_value_gives_one_line_naming_field_and_value(tmp_path, good, case):
+    field, value = case[:2]
+    problems = problems_of(tmp_path, with_(good, field, value))
+    assert len(problems) == 1, problems
+    line = problems[0]
+    assert "\n" not in line
+    expected = case[2] if len(case) > 2 else f"{field}={value!r}"
+    assert line.startswith(f"{tmp_path / 'spec.yaml'}: {expected}"), line
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path, good):
+    raw = with_(good, "sampler", "bayes")
+    raw = with_(raw, "pruner", "asha")
+    raw = with_(raw, "n_trials", 0)
+    raw = with_(raw, "search.alpha", {"low": 0.9, "high": 0.5})
+    raw = with_(raw, "teacher.arch", "nope")
+    raw = with_(raw, "data.root", "/no/such/folder")  # checked apart from the schema, reported with it
+    raw["colour"] = 1
+    problems = problems_of(tmp_path, raw)
+    fields = sorted(p.split(": ")[1].split("=")[0] for p in problems)
+    assert fields == sorted(["sampler", "pruner", "n_trials", "search.alpha", "teacher.arch", "data.root", "colour"])
+
+
+def test_range_error_is_one_line_about_the_range(tmp_path, good):
+    # without picking the union member by shape, pydantic also reports "not choices" and "not a number"
+    problems = problems_of(tmp_path, with_(good, "search.lr", {"low": 0.2, "high": 0.1}))
+    assert problems == [f"{tmp_path / 'spec.yaml'}: search.lr={{'low': 0.2, 'high': 0.1}}: "
+                        "low=0.2 is above high=0.1"]
+
+
+def test_missing_required_section_is_named(tmp_path, good):
+    raw = copy.deepcopy(good)
+    del raw["teacher"]
+    assert problems_of(tmp_path, raw) == [f"{tmp_path / 'spec.yaml'}: teacher=<missing>: Field required"]
+
+
+def test_flag_overrides_are_named_as_flags(tmp_path, good):
+    problems = problems_of(tmp_path, good, {"device": "tpu", "data_root": "/no/such/folder", "n_trials": None})
+    assert len(problems) == 2
+    assert any("device='tpu' (from --device)" in p for p in problems)
+    assert any("data.root='/no/such/folder' (from --data-root" in p for p in problems)
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"", "spec is empty"),
+    (b"# only a comment\n", "spec is empty"),
+    (b"name: [unclosed\n  x: : :\n", "not valid YAML at line 2"),
+    (b"- a\n- b\n", "spec must be a mapping of keys, got list"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (b"name: !!python/object/apply:os.system ['true']\n", "not valid YAML"),  # safe_load refuses tags
+])
+def test_unreadable_files_give_one_line(tmp_path, content, expected):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"{path}: ") and expected in info.value.problems[0]
+
+
+def test_missing_file_and_folder(tmp_path):
+    for path in (tmp_path / "absent.yaml", tmp_path):
+        with pytest.raises(SpecError, match="cannot read spec"):
+            load_spec(path)
+
+
+def test_loading_creates_nothing(tmp_path, good, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(good))
+    load_spec(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml", "spec.yaml"]
