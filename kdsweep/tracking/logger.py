@@ -58,16 +58,24 @@ class MlflowRecorder:
     def __init__(self, tracking_uri: str, *, artifacts: str = "mlruns/artifacts", workdir: Path = Path("mlruns")) -> None:
         quiet_mlflow_logs()
         check_reachable(tracking_uri)
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        from mlflow.tracking import MlflowClient
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self._client = None
         self.artifacts = artifacts
         self.workdir = workdir
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
+
+    @property
+    def client(self):
+        """Made on first use: a SQLite store is a file, and a study that fails before its first
+        run (bad data, no device) must leave no file behind."""
+        if self._client is None:
+            if self.uri.startswith("sqlite:///"):
+                Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
 
     # -- study ---------------------------------------------------------------------------
     def experiment(self, name: str) -> str:
