@@ -85,6 +85,31 @@ def study_validate(spec_path: Path, **flags) -> None:
 @override_options
 def study_run(spec_path: Path, **flags) -> None:
     """Train the teacher once, the baselines, then distilled-student trials; log all to MLflow."""
+    _run(spec_path, flags)
+
+
+@study.command("worker")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+@click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between trial heartbeats; a worker silent for 3x this is taken as dead and "
+                   "its trial retried. Give every worker the same value.")
+def study_worker(spec_path: Path, heartbeat: int, **flags) -> None:
+    """Join SPEC's study in PostgreSQL and run trials until it holds n_trials (start one per GPU or machine)."""
+    from kdsweep.study.coordination import shared_store_problem
+
+    try:
+        spec = _load(spec_path, **flags)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    problems = [p for p in (shared_store_problem("storage", spec.storage),
+                            shared_store_problem("tracking_uri", spec.tracking_uri)) if p]
+    if problems:
+        raise UserError("\n".join(f"{spec_path}: {p}" for p in problems))
+    _run(spec_path, flags, heartbeat=heartbeat)
+
+
+def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
     try:
         spec = _load(spec_path, **flags)
         from kdsweep.progress import ProgressRecorder
@@ -92,8 +117,9 @@ def study_run(spec_path: Path, **flags) -> None:
         from kdsweep.tracking.logger import MlflowRecorder
 
         recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
+        extra = {} if heartbeat is None else {"heartbeat": heartbeat}
         with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
-            outcome = run_study(spec, recorder=progress)
+            outcome = run_study(spec, recorder=progress, **extra)
     except KdsweepError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
@@ -103,6 +129,33 @@ def study_run(spec_path: Path, **flags) -> None:
                f"{outcome.failed} failed; teacher {outcome.teacher_acc:.4f}; "
                f"best trial {outcome.best_trial}: {outcome.best_value} {outcome.best_params}")
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
+
+
+@main.group()
+def server() -> None:
+    """The MLflow tracking server."""
+
+
+@server.command("start")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; 0.0.0.0 exposes the UI to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--backend-store-uri", default="sqlite:///mlruns/mlflow.db", show_default=True,
+              help="Where runs are stored: a SQLite file or postgresql://USER:PASSWORD@HOST:5432/mlflow.")
+@click.option("--artifacts-destination", default="mlruns/artifacts", show_default=True,
+              help="Where the server keeps artifacts (checkpoints): a folder or a URI such as s3://bucket/path.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Server processes.")
+@click.option("--allowed-hosts", help="Host headers to accept when reached by name, e.g. mlflow.lab:5000.")
+def server_start(**opts) -> None:
+    """Run a real `mlflow server` in the foreground; prints the UI URL once it answers."""
+    from kdsweep.tracking.server import ServerOptions, log_tail, serve
+
+    options = ServerOptions(**opts)
+    try:
+        code = serve(options, announce=click.echo)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    if code != 0:
+        raise UserError(f"mlflow server stopped with exit code {code}: {log_tail(options.log_file)}")
 
 
 @main.command("report")

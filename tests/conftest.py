@@ -64,3 +64,87 @@ def write_spec(path: Path, data_root: Path, **overrides) -> Path:
         spec[key] = value
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+# -- PostgreSQL and MLflow servers -----------------------------------------------------------
+
+POSTGRES_ENV = "KDSWEEP_TEST_POSTGRES"  # postgresql://USER:PASSWORD@HOST:PORT, no database name
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server from $KDSWEEP_TEST_POSTGRES (.ci/run starts one and sets it)."""
+    import sqlalchemy
+
+    url = os.environ.get(POSTGRES_ENV, "").rstrip("/")
+    if not url:
+        require_or_skip(f"${POSTGRES_ENV} is not set (e.g. postgresql://postgres:PASS@127.0.0.1:5432)")
+    engine = sqlalchemy.create_engine(f"{url}/postgres", poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        require_or_skip(f"PostgreSQL from ${POSTGRES_ENV} not reachable: {str(exc).splitlines()[0]}")
+    return url
+
+
+@pytest.fixture
+def postgres_db(postgres_server):
+    """Factory: a fresh, empty database per call, URL returned; all dropped after the test."""
+    import uuid
+
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    made: list[str] = []
+
+    def make(prefix: str = "kdsweep_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return f"{postgres_server}/{name}"
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:  # FORCE: a killed worker's connections may linger for a moment
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_url(postgres_db) -> str:
+    """A fresh database for this test, e.g. postgresql://postgres:PASS@127.0.0.1:5432/kdsweep_test_ab12."""
+    return postgres_db()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory):
+    """Factory: start a real `mlflow server` on a free loopback port; returns its http URL.
+
+    ``mlflow_server()`` uses a fresh SQLite file, ``mlflow_server("postgresql://...")`` that
+    database. Artifacts are served by the server from a temporary folder; all stop after the test.
+    """
+    from kdsweep.tracking.server import ServerOptions, launch
+
+    servers = []
+
+    def start(backend_store_uri: str | None = None) -> str:
+        root = tmp_path_factory.mktemp("mlflow-server")
+        opts = ServerOptions(port=free_port(), backend_store_uri=backend_store_uri or f"sqlite:///{root}/mlflow.db",
+                             artifacts_destination=str(root / "artifacts"), workers=1,
+                             log_file=root / "server.log")
+        servers.append(launch(opts, wait=300))
+        return servers[-1].url
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -17,6 +17,7 @@ from kdsweep.core.data import ImageSet
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import train
 from kdsweep.study import space
+from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.teacher import Trained, obtain, weights_payload
@@ -24,9 +25,9 @@ from kdsweep.study.teacher import Trained, obtain, weights_payload
 
 class Objective:
     def __init__(self, spec: StudySpec, data: ImageSet, teacher_source: TeacherSource, teacher: Trained, *,
-                 recorder: Recorder, workdir: Path, device: str) -> None:
+                 recorder: Recorder, workdir: Path, device: str, locks: Locks = ProcessLocks()) -> None:
         self.spec, self.data, self.source, self.teacher = spec, data, teacher_source, teacher
-        self.recorder, self.workdir, self.device = recorder, workdir, device
+        self.recorder, self.workdir, self.device, self.locks = recorder, workdir, device, locks
         self._baselines: dict[tuple[float, int], Trained] = {}
 
     def baseline(self, width: float, seed: int) -> Trained:
@@ -34,7 +35,8 @@ class Objective:
         if (width, seed) not in self._baselines:
             cfg = space.baseline_config(self.spec, width=width, seed=seed, device=self.device)
             self._baselines[(width, seed)] = obtain("baseline", cfg, self.data, recorder=self.recorder,
-                                                    workdir=self.workdir, tags={"study": self.spec.name})
+                                                    workdir=self.workdir, tags={"study": self.spec.name},
+                                                    locks=self.locks)
         return self._baselines[(width, seed)]
 
     def __call__(self, trial: optuna.Trial) -> float:

@@ -18,11 +18,12 @@ from kdsweep.core.data import ImageSet, load_dataset
 from kdsweep.core.teachers import OnlineTeacher
 from kdsweep.core.trainer import resolve_device
 from kdsweep.errors import StudyError
-from kdsweep.study import space
+from kdsweep.study import coordination, space
+from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective
 from kdsweep.study.recorder import Recorder
 from kdsweep.study.spec import StudySpec
-from kdsweep.study.storage import open_storage
+from kdsweep.study.storage import HEARTBEAT_SECONDS, open_storage
 from kdsweep.study.teacher import Trained, from_checkpoint, obtain
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -62,8 +63,8 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: StudySpec) -> optuna.Study:
-    storage = open_storage(spec.storage)
+def open_study(spec: StudySpec, *, heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
+    storage = open_storage(spec.storage, heartbeat=heartbeat, grace=3 * heartbeat)
     try:
         existing = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
     except KeyError:
@@ -73,12 +74,14 @@ def open_study(spec: StudySpec) -> optuna.Study:
                                load_if_exists=True)
 
 
-def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Path, device: str) -> Trained:
+def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Path, device: str,
+                locks: Locks = ProcessLocks()) -> Trained:
     cfg = space.teacher_config(spec, device)
     tags = {"study": spec.name}
     if spec.teacher.checkpoint is not None:
-        return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
-    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags)
+        with locks.hold(f"teacher-checkpoint:{spec.teacher.checkpoint.name}"):
+            return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
+    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks)
 
 
 def load_data(spec: StudySpec) -> ImageSet:
@@ -86,23 +89,35 @@ def load_data(spec: StudySpec) -> ImageSet:
     return load_dataset(d.dataset, d.root, limit_per_file=d.limit_per_file, image_size=d.image_size)
 
 
-def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns")) -> StudyOutcome:
-    """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones."""
+def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
+              heartbeat: int = HEARTBEAT_SECONDS) -> StudyOutcome:
+    """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones.
+
+    Several processes may run this on one PostgreSQL study (see ``coordination``): together
+    they finish ``spec.n_trials`` trials, and the teacher and baselines are trained once.
+    """
+    with coordination.single_writer(spec.storage, field="storage"), \
+            coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
+        return _run_study(spec, recorder=recorder, workdir=workdir, heartbeat=heartbeat)
+
+
+def _run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path, heartbeat: int) -> StudyOutcome:
     device = str(resolve_device(spec.device))
     data = load_data(spec)
-    study = open_study(spec)
-    recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
-    teacher = get_teacher(spec, data, recorder, workdir, device)
+    locks = coordination.locks_for(spec.storage)
+    with locks.hold("open-storage"):  # workers starting together on an empty database: one creates the tables
+        study = open_study(spec, heartbeat=heartbeat)
+    with locks.hold(f"begin:{spec.name}"):  # one parent run, one experiment, however many workers start
+        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+    teacher = get_teacher(spec, data, recorder, workdir, device, locks)
     study.set_user_attr("teacher_test_acc", teacher.test_acc)
 
     objective = Objective(spec, data, OnlineTeacher(teacher.model), teacher, recorder=recorder,
-                          workdir=workdir, device=device)
-    remaining = spec.n_trials - sum(t.state in DONE for t in study.trials)
-    if remaining > 0:
-        # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
-        # KeyboardInterrupt and SystemExit still stop the study.
-        study.optimize(objective, n_trials=remaining, timeout=spec.timeout, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=DONE)])
+                          workdir=workdir, device=device, locks=locks)
+    # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
+    # KeyboardInterrupt and SystemExit still stop the study.
+    coordination.run_trials(study, objective, n_trials=spec.n_trials, locks=locks, timeout=spec.timeout,
+                            make_sampler=lambda n: make_sampler(spec, n), poll=max(0.5, heartbeat / 2))
     outcome = summarize(study, teacher.test_acc)
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})

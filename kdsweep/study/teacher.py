@@ -21,6 +21,7 @@ from kdsweep.core.models import build_model, count_params
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import evaluate_split, train
 from kdsweep.errors import CheckpointError
+from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.recorder import Recorder, RunInfo
 
 
@@ -57,9 +58,19 @@ def load_weights(path: Path, arch: str, width: float, num_classes: int) -> nn.Mo
 
 
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
-           tags: dict[str, str], teacher: TeacherSource | None = None) -> Trained:
-    """Reuse the finished run with this config and data, or train (resuming) and record it."""
+           tags: dict[str, str], teacher: TeacherSource | None = None, locks: Locks = ProcessLocks()) -> Trained:
+    """Reuse the finished run with this config and data, or train (resuming) and record it.
+
+    Under ``locks`` (one per role and key), so of several workers the first trains and the
+    others wait, then find its finished run.
+    """
     key = cfg.fingerprint(data_identity=data.identity)
+    with locks.hold(f"{role}:{key}"):
+        return _obtain(role, key, cfg, data, recorder=recorder, workdir=workdir, tags=tags, teacher=teacher)
+
+
+def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
+            tags: dict[str, str], teacher: TeacherSource | None) -> Trained:
     found = recorder.find(role, key)
     if found is not None and found.checkpoint is not None:
         model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes)

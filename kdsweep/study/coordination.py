@@ -1,0 +1,224 @@
+"""Several workers on one study: locks in the study's own database, and a trial loop that counts.
+
+Workers (processes on one or many machines) share one Optuna study in PostgreSQL. They agree
+through the database they already share, with nothing home-made on the side:
+
+- ``Locks``: PostgreSQL advisory locks, held on a connection of Optuna's own engine. A worker
+  that dies loses its connection, and PostgreSQL drops its locks with it. The teacher and every
+  baseline are trained under a lock named after their config fingerprint, so the first worker
+  trains and the others wait and then reuse its run.
+- ``run_trials``: before each new trial a worker takes the study's claim lock, fails trials whose
+  heartbeat stopped (Optuna then enqueues a retry), counts finished and running trials, and
+  asks for a new trial only while the study holds fewer than ``n_trials``. So N workers finish
+  exactly ``n_trials`` trials between them.
+- SQLite takes one writer at a time: ``single_writer`` refuses a second kdsweep process on the
+  same SQLite file and names PostgreSQL as the way to run several.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from kdsweep.errors import StudyError
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Locks(Protocol):
+    """Named mutual exclusion between the workers of a study."""
+
+    def hold(self, name: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class ProcessLocks:
+    """One process, nothing to exclude: SQLite studies (which take a single writer anyway)."""
+
+    def hold(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def lock_key(name: str) -> int:
+    """A signed 64-bit key for ``pg_advisory_lock``, stable across machines and Python runs."""
+    digest = hashlib.sha256(f"kdsweep:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PostgresLocks:
+    """Session-level advisory locks, each on its own connection to the study's database.
+
+    Connections are not pooled: closing one ends the session, and with it any lock it still
+    holds. The connection commits right after locking, so a long hold (a teacher training for
+    hours) is an idle session, not an idle transaction that a server timeout would cut.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        key = lock_key(name)
+        with self.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except sqlalchemy.exc.DBAPIError:
+                    pass  # the connection is gone, and PostgreSQL released the lock with it
+
+
+def url_scheme(url: str) -> str:
+    """``postgresql+psycopg2://...`` -> ``postgresql``."""
+    return url.split(":", 1)[0].split("+", 1)[0].lower()
+
+
+def locks_for(url: str) -> Locks:
+    scheme = url_scheme(url)
+    if scheme == "postgresql":
+        return PostgresLocks(url)
+    if scheme == "sqlite":
+        return ProcessLocks()
+    raise StudyError(f"storage={url!r}: kdsweep runs studies on sqlite:/// (one process) "
+                     f"or postgresql:// (several workers), not {scheme}")
+
+
+def shared_store_problem(field: str, url: str) -> str | None:
+    """Why ``url`` cannot be shared by several workers, or None when it can."""
+    scheme = url_scheme(url)
+    if field == "storage" and scheme != "postgresql":
+        return (f"storage={url!r}: workers share a study through PostgreSQL; SQLite takes one writer "
+                "at a time. Pass --storage postgresql://USER:PASSWORD@HOST:5432/optuna")
+    if field == "tracking_uri" and scheme not in ("http", "https"):
+        return (f"tracking_uri={url!r}: workers log through an MLflow server (kdsweep server start "
+                "--backend-store-uri postgresql://.../mlflow). Pass --tracking-uri http://HOST:5000")
+    return None
+
+
+def sqlite_file(url: str) -> Path | None:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+@contextlib.contextmanager
+def single_writer(url: str, *, field: str) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite file for as long as this process writes to it.
+
+    ``flock`` is separate from SQLite's own byte-range locks, so it never blocks SQLite itself;
+    it only stops a second kdsweep process, which would otherwise wait on "database is locked"
+    and lose heartbeats. Other URLs pass through.
+    """
+    path = sqlite_file(url)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; SQLite's own locking still applies
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyError(
+                f"{field}={url!r}: another kdsweep process is writing to {path}; SQLite takes one writer "
+                "at a time. To run several workers use PostgreSQL: kdsweep study worker SPEC "
+                "--storage postgresql://... --tracking-uri http://...") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def count(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trials; the storage re-reads unfinished trials on every call."""
+    trials = study.get_trials(deepcopy=False)
+    return (sum(t.state in DONE for t in trials), sum(t.state == TrialState.RUNNING for t in trials))
+
+
+def fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, n_trials: int,
+               locks: Locks, make_sampler: Callable[[int], optuna.samplers.BaseSampler],
+               timeout: float | None = None, poll: float = 2.0,
+               catch: tuple[type[Exception], ...] = (Exception,)) -> int:
+    """Run trials until the study holds ``n_trials`` finished ones; return how many this process ran.
+
+    Each process starts at most as many trials as were missing when it began, so a trial that
+    keeps failing cannot loop forever. While the last trials run elsewhere, it waits and keeps
+    checking heartbeats, so a worker that died is noticed and its trial retried here.
+    """
+    started = time.monotonic()
+    budget = n_trials - count(study)[0]
+    ran = 0
+    while ran < budget:
+        if timeout is not None and time.monotonic() - started >= timeout:
+            break
+        claim = ClaimedObjective(objective, locks.hold(f"claim:{study.study_name}"))
+        with claim:
+            fail_stale(study)
+            finished, running = count(study)
+            if finished >= n_trials:
+                break
+            if finished + running < n_trials:
+                # reseeded per trial from the trial count: workers draw different values, and a
+                # resumed study does not replay earlier draws
+                study.sampler = make_sampler(len(study.get_trials(deepcopy=False)))
+                # Optuna's optimize() runs the heartbeat thread; the claim is let go as soon as
+                # the trial exists (first line of the objective)
+                study.optimize(claim, n_trials=1, catch=catch)
+                ran += 1
+                continue
+        time.sleep(poll)
+    return ran
+
+
+class ClaimedObjective:
+    """Holds the claim lock from before ``ask()`` until the new trial's objective starts."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], float],
+                 lock: contextlib.AbstractContextManager[None]) -> None:
+        self.objective, self.lock, self.held = objective, lock, False
+
+    def __enter__(self) -> "ClaimedObjective":
+        self.lock.__enter__()
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.__exit__(None, None, None)
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        self.release()
+        return self.objective(trial)
+
+
+def worker_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,212 @@
+"""Several workers on one PostgreSQL study: exact trial counts, train-once, dead workers retried.
+
+The first tests drive ``coordination.run_trials`` in-process with a trivial objective (fast,
+and they pin the counting logic); the last two run real ``kdsweep study worker`` processes on
+the CIFAR subset against PostgreSQL and a real MLflow server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli, write_spec
+from kdsweep.study import coordination
+from kdsweep.study.storage import open_storage
+
+STUDENT = {"arch": "resnet8", "width": 0.5, "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.05}}
+
+
+def open_shared(url: str, name: str, *, heartbeat: int = 1) -> optuna.Study:
+    with coordination.locks_for(url).hold("open-storage"):  # as run_study does
+        storage = open_storage(url, heartbeat=heartbeat, grace=2 * heartbeat)
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+
+
+def quick_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    time.sleep(0.3)  # long enough that workers overlap
+    return x
+
+
+def test_threads_on_one_study_finish_exactly_n_trials(postgres_url):
+    n_trials, errors, ran = 7, [], []
+
+    def worker() -> None:
+        try:
+            study = open_shared(postgres_url, "exact")  # own storage and connections, like a process
+            ran.append(coordination.run_trials(
+                study, quick_objective, n_trials=n_trials, locks=coordination.locks_for(postgres_url),
+                make_sampler=lambda n: optuna.samplers.RandomSampler(seed=n), poll=0.2))
+        except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    trials = open_shared(postgres_url, "exact").trials
+    # exactly n finished trials, none extra and none left running, each number once
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n_trials
+    assert sorted(t.number for t in trials) == list(range(n_trials))
+    assert sum(ran) == n_trials and len([r for r in ran if r > 0]) >= 2  # the work was shared
+    # sampler reseeded per trial count: no two workers drew the same value
+    assert len({t.params["x"] for t in trials}) == n_trials
+
+
+def test_stale_running_trial_is_failed_and_retried(postgres_url):
+    study = open_shared(postgres_url, "stale")
+    # a worker that asked for a trial, beat once, and died (no further heartbeats)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: heartbeats belong to optimize()
+        dead = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)  # past the grace period (2 s)
+
+    ran = coordination.run_trials(study, quick_objective, n_trials=2, locks=coordination.locks_for(postgres_url),
+                                  make_sampler=lambda n: optuna.samplers.RandomSampler(seed=n), poll=0.2)
+    trials = open_shared(postgres_url, "stale").trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) == 2 and states.count(TrialState.FAIL) == 1
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    # the dead trial came back with its own parameters (RetryHeartbeatStaleTrialCallback)
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params["x"] == trials[dead.number].params["x"]
+    assert ran == 2
+
+
+def test_advisory_lock_excludes_another_session(postgres_url):
+    import sqlalchemy
+
+    locks = coordination.locks_for(postgres_url)
+    other = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    key = coordination.lock_key("teacher:abc")
+
+    def try_lock() -> bool:
+        with other.connect() as conn:
+            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            if got:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            return bool(got)
+
+    with locks.hold("teacher:abc"):
+        assert not try_lock()
+    assert try_lock()
+
+
+# -- real worker processes ------------------------------------------------------------------
+
+def start_worker(spec: Path, workdir: Path, *extra: str) -> subprocess.Popen:
+    """``kdsweep study worker SPEC`` in its own folder, as on its own machine."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "KDSWEEP_DATA_ROOT"}
+    # one thread each: two workers share CI's two cores instead of spinning on four threads
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "worker", str(spec), *extra],
+                            cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.3)
+
+
+def waiting_on_advisory_locks(url: str) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        return conn.execute(sqlalchemy.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar()
+
+
+def runs_by_role(tracking_uri: str, study: str) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    out: dict[str, list] = {}
+    for run in runs:
+        out.setdefault(run.data.tags.get("role"), []).append(run)
+    return out
+
+
+def test_two_workers_finish_exactly_n_trials_and_train_the_teacher_once(tmp_path, subset_root, postgres_db,
+                                                                        mlflow_server):
+    optuna_url = postgres_db("optuna")
+    tracking = mlflow_server(postgres_db("mlflow"))  # the compose layout: two databases, one server
+    spec = write_spec(tmp_path / "spec.yaml", subset_root, name="pair", n_trials=3, storage=optuna_url,
+                      tracking_uri=tracking, student=STUDENT)
+    # hold the study's first lock until both workers wait on it, so they really start together
+    with coordination.locks_for(optuna_url).hold("begin:pair"):
+        workers = [start_worker(spec, tmp_path / f"machine{i}") for i in range(2)]
+        wait_for(lambda: waiting_on_advisory_locks(optuna_url) == 2 or any(w.poll() is not None for w in workers),
+                 240, "both workers to reach the study")
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+
+    trials = optuna.load_study(study_name="pair", storage=optuna_url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # exactly n_trials, none extra
+    assert sorted(t.number for t in trials) == [0, 1, 2]
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+
+    runs = runs_by_role(tracking, "pair")
+    assert len(runs["study"]) == 1
+    assert len(runs["teacher"]) == 1 and len(runs["baseline"]) == 1  # trained once, reused by the other
+    distilled = runs["distilled"]
+    assert sorted(int(r.data.tags["trial"]) for r in distilled) == [0, 1, 2]  # one MLflow run per trial
+    assert {r.info.run_id for r in distilled} == {t.user_attrs["mlflow_run_id_seed0"] for t in trials}
+    assert {r.info.status for rs in runs.values() for r in rs if r.data.tags["role"] != "study"} == {"FINISHED"}
+
+
+def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, subset_root, postgres_url, mlflow_server):
+    tracking = mlflow_server()
+    student = {**STUDENT, "recipe": {**STUDENT["recipe"], "epochs": 3}}
+    spec = write_spec(tmp_path / "spec.yaml", subset_root, name="killed", n_trials=2, storage=postgres_url,
+                      tracking_uri=tracking, student=student)
+
+    def running() -> list:
+        try:
+            study = optuna.load_study(study_name="killed", storage=postgres_url)
+        except KeyError:
+            return []
+        return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+
+    first = start_worker(spec, tmp_path / "a", "--heartbeat", "1")
+    wait_for(lambda: running() or first.poll() is not None, 300, "the first worker's trial")
+    assert first.poll() is None, first.communicate()[0]
+    killed = running()[0].number
+    os.kill(first.pid, signal.SIGKILL)  # no cleanup, no tell(): the trial stays RUNNING
+    first.communicate()
+    assert [t.number for t in running()] == [killed]
+
+    second = start_worker(spec, tmp_path / "b", "--heartbeat", "1")
+    out = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, out
+
+    trials = optuna.load_study(study_name="killed", storage=postgres_url).trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states  # the second worker's heartbeat check failed it
+    assert trials[killed].state == TrialState.FAIL
+    assert states.count(TrialState.COMPLETE) == 2
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == trials[killed].params
+    distilled = runs_by_role(tracking, "killed")["distilled"]
+    assert len(distilled) == 2 and {r.info.status for r in distilled} == {"FINISHED"}
