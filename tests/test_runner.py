@@ -1,0 +1,90 @@
+"""run_study with a real Optuna SQLite storage and an in-memory Recorder (our own protocol)."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from kdsweep.study.recorder import FinishedRun, RunInfo
+from kdsweep.study.runner import run_study
+from kdsweep.study.spec import load_spec
+
+from conftest import write_spec
+
+
+class ListRecorder:
+    """Keeps every call, and finds finished runs like the MLflow recorder does (by role + key)."""
+
+    def __init__(self):
+        self.runs: dict[str, dict] = {}
+
+    def begin_study(self, name, params):
+        self.study = name
+
+    def find(self, role, key):
+        for run_id, r in self.runs.items():
+            if r["info"].role == role and r["info"].key == key and r["status"] == "FINISHED":
+                return FinishedRun(run_id, r["summary"], r["checkpoint"])
+        return None
+
+    def start(self, info: RunInfo):
+        run_id = info.run_id or f"run{len(self.runs)}"
+        self.runs.setdefault(run_id, {"info": info, "epochs": [], "status": "RUNNING", "summary": {},
+                                      "checkpoint": None})
+        return run_id
+
+    def log_epoch(self, run_id, m):
+        self.runs[run_id]["epochs"].append(m)
+
+    def finish(self, run_id, summary, checkpoint):
+        self.runs[run_id].update(status="FINISHED", summary=summary, checkpoint=checkpoint)
+
+    def fail(self, run_id, reason, *, killed=False):
+        self.runs[run_id].update(status="KILLED" if killed else "FAILED", reason=reason)
+
+    def end_study(self, summary):
+        self.end = summary
+
+    def roles(self):
+        return sorted(r["info"].role for r in self.runs.values())
+
+
+@pytest.fixture
+def spec(tmp_path, subset_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path / "tiny.yaml", subset_root, n_trials=3,
+                      search={"temperature": {"low": 2.0, "high": 6.0}, "width": {"choices": [0.25]}})
+    return load_spec(path)
+
+
+def test_teacher_once_baseline_once_one_distilled_run_per_trial(spec):
+    rec = ListRecorder()
+    outcome = run_study(spec, recorder=rec, workdir=Path("mlruns"))
+    assert outcome.complete == 3
+    assert rec.roles() == ["baseline", "distilled", "distilled", "distilled", "teacher"]
+    for r in rec.runs.values():
+        assert r["status"] == "FINISHED" and len(r["epochs"]) == 2
+        if r["info"].role == "distilled":
+            s = r["summary"]
+            assert s["delta_vs_baseline"] == pytest.approx(s["final_test_acc"] - base_acc(rec))
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    assert len(study.trials) == 3
+
+
+def base_acc(rec):
+    return next(r["summary"]["final_test_acc"] for r in rec.runs.values() if r["info"].role == "baseline")
+
+
+def test_rerun_continues_the_study_and_reuses_teacher_and_baseline(spec):
+    rec = ListRecorder()
+    run_study(spec, recorder=rec, workdir=Path("mlruns"))
+    again = run_study(spec.model_copy(update={"n_trials": 4}), recorder=rec, workdir=Path("mlruns"))
+    assert again.complete == 4
+    # one more distilled run, and no second teacher or baseline
+    assert rec.roles().count("teacher") == 1 and rec.roles().count("baseline") == 1
+    assert rec.roles().count("distilled") == 4
+    # a finished study trains nothing more
+    n = len(rec.runs)
+    run_study(spec.model_copy(update={"n_trials": 4}), recorder=rec, workdir=Path("mlruns"))
+    assert len(rec.runs) == n
+

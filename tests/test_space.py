@@ -1,0 +1,64 @@
+"""space: a trial's sampled values become the distilled config; baselines match it."""
+
+import optuna
+import pytest
+
+from kdsweep.study import space
+from kdsweep.study.spec import StudySpec
+
+
+def make_spec(**search) -> StudySpec:
+    return StudySpec.model_validate({
+        "name": "s", "teacher": {"arch": "resnet20"},
+        "student": {"arch": "resnet8", "width": 0.5, "temperature": 3.0, "alpha": 0.7,
+                    "recipe": {"epochs": 5, "lr": 0.1, "ema_decay": 0.0}},
+        "search": search,
+    })
+
+
+def test_unsearched_values_come_from_the_student():
+    spec = make_spec()
+    trial = optuna.create_study().ask()
+    values = space.sample(trial, spec)
+    assert values == {"temperature": 3.0, "alpha": 0.7, "ema_decay": 0.0, "lr": 0.1, "width": 0.5}
+    assert trial.params == {}
+
+
+def test_searched_values_are_suggested_within_bounds():
+    spec = make_spec(temperature={"low": 1, "high": 8, "log": True}, alpha={"choices": [0.5, 0.9]},
+                     width={"low": 0.25, "high": 1.0, "step": 0.25}, lr=0.05)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        v = space.sample(trial, spec)
+        assert 1 <= v["temperature"] <= 8 and v["alpha"] in (0.5, 0.9) and v["width"] in (0.25, 0.5, 0.75, 1.0)
+        assert v["lr"] == 0.05 and "lr" not in trial.params  # a fixed number is not searched
+        study.tell(trial, 0.0)
+
+
+def test_student_and_baseline_configs_match_except_kd():
+    spec = make_spec()
+    values = {"temperature": 6.0, "alpha": 0.8, "ema_decay": 0.0, "lr": 0.1, "width": 0.5}
+    student = space.student_config(spec, values, seed=3, device="cpu")
+    base = space.baseline_config(spec, width=0.5, seed=3, device="cpu")
+    assert (student.alpha, student.temperature) == (0.8, 6.0)
+    assert base.alpha == 0.0
+    for field in ("arch", "width", "seed", "epochs", "batch_size", "optimizer", "schedule", "weight_decay"):
+        assert getattr(student, field) == getattr(base, field)
+
+
+@pytest.mark.parametrize("search, expected", [
+    ({}, [0.5]),
+    ({"width": {"choices": [0.25, 0.5]}}, [0.25, 0.5]),
+    ({"width": {"low": 0.25, "high": 0.75, "step": 0.25}}, [0.25, 0.5, 0.75]),
+    ({"width": {"low": 0.25, "high": 0.75}}, None),
+])
+def test_widths_known_in_advance(search, expected):
+    assert space.widths(make_spec(**search)) == expected
+
+
+def test_teacher_config_takes_the_teacher_recipe():
+    spec = StudySpec.model_validate({"name": "s", "teacher": {"arch": "resnet20", "seed": 7, "recipe": {"epochs": 9}},
+                                     "student": {"arch": "resnet8"}})
+    cfg = space.teacher_config(spec, "cpu")
+    assert (cfg.arch, cfg.epochs, cfg.seed, cfg.alpha) == ("resnet20", 9, 7, 0.0)
