@@ -109,7 +109,25 @@ def study_worker(spec_path: Path, heartbeat: int, **flags) -> None:
     _run(spec_path, flags, heartbeat=heartbeat)
 
 
+def resume_command(spec_path: Path, flags: dict, heartbeat: int | None) -> str:
+    """The command line that continues this study: same subcommand, spec and flags."""
+    import shlex
+
+    args = ["kdsweep", "study", click.get_current_context().info_name, str(spec_path)]
+    for name, value in {**flags, "heartbeat": heartbeat}.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(args)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` (SIGTERM, as batch schedulers send) stops a study as Ctrl-C does
+
+
 def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         spec = _load(spec_path, **flags)
         from kdsweep.progress import ProgressRecorder
@@ -123,8 +141,11 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
     except KdsweepError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
-        click.echo(f"Interrupted. Finished trials are kept; resume with: kdsweep study run {spec_path}", err=True)
+        click.echo("Interrupted: the running trial is marked failed and will be retried; finished trials are "
+                   f"kept. Resume with: {resume_command(spec_path, flags, heartbeat)}", err=True)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(f"study {outcome.study_name}: {outcome.complete} complete, {outcome.pruned} pruned, "
                f"{outcome.failed} failed; teacher {outcome.teacher_acc:.4f}; "
                f"best trial {outcome.best_trial}: {outcome.best_value} {outcome.best_params}")

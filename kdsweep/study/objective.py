@@ -7,20 +7,70 @@ spread over seeds is stored beside it, so a gain can be read against the noise.
 
 from __future__ import annotations
 
+import gc
+import logging
 import statistics
 from pathlib import Path
 
 import optuna
+import torch
 
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import train
+from kdsweep.errors import KdsweepError, TrackingError
 from kdsweep.study import space
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.teacher import Trained, obtain, weights_payload
+
+
+class StopStudy(KeyboardInterrupt):
+    """Ends the study from inside a trial, after Optuna has marked the trial FAIL.
+
+    Optuna catches the objective's exceptions (``catch``) and goes on with the next trial; it
+    re-raises KeyboardInterrupt, and only that, after telling the storage. The runner turns
+    this back into the ``KdsweepError`` it carries.
+    """
+
+    def __init__(self, error: KdsweepError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed trial: the exception type and the first line of its message."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return f"out of memory: {first}"[:500]
+    return f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__
+
+
+class ExpectedFailures(logging.Filter):
+    """Optuna logs every failed trial with its traceback. For the failures kdsweep expects
+    (Ctrl-C, divergence, a lost server, out of memory) the one-line reason says it all; an
+    exception in a model keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (KeyboardInterrupt, KdsweepError, torch.OutOfMemoryError)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_failures() -> None:
+    log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, ExpectedFailures) for f in log.filters):
+        log.addFilter(ExpectedFailures())
+
+
+def mark_failed(trial: optuna.Trial, reason: str, *, interrupted: bool = False) -> None:
+    """Store why the trial failed; ``interrupted`` trials are retried when the study resumes."""
+    trial.set_user_attr("fail_reason", reason[:500])
+    if interrupted:
+        trial.set_user_attr("interrupted", True)
 
 
 class Objective:
@@ -29,6 +79,8 @@ class Objective:
         self.spec, self.data, self.source, self.teacher = spec, data, teacher_source, teacher
         self.recorder, self.workdir, self.device, self.locks = recorder, workdir, device, locks
         self._baselines: dict[tuple[float, int], Trained] = {}
+        self._free_cuda = False
+        quiet_expected_failures()
 
     def baseline(self, width: float, seed: int) -> Trained:
         """The no-KD student of this width and seed, trained once per study (and reused after)."""
@@ -40,6 +92,29 @@ class Objective:
         return self._baselines[(width, seed)]
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Run the trial; on failure record why (Optuna user attr ``fail_reason``, MLflow tag
+        ``failure_reason``) and let Optuna mark it FAIL, so the study goes on with the next one."""
+        if self._free_cuda:  # the last trial ran out of GPU memory: give its cache back first
+            self._free_cuda = False
+            gc.collect()
+            torch.cuda.empty_cache()
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            mark_failed(trial, "interrupted (Ctrl-C or SIGTERM) before the trial finished", interrupted=True)
+            raise
+        except TrackingError as exc:
+            # the server is gone: every later trial would fail the same way, so stop the study
+            mark_failed(trial, str(exc), interrupted=True)
+            raise StopStudy(exc) from exc
+        except Exception as exc:
+            self._free_cuda = isinstance(exc, torch.OutOfMemoryError)
+            mark_failed(trial, describe(exc))
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         values = space.sample(trial, self.spec)
         scores, deltas = [], []
         for i, seed in enumerate(self.spec.seeds):
@@ -77,10 +152,10 @@ class Objective:
         except optuna.TrialPruned as exc:
             self.recorder.fail(run_id, str(exc), killed=True)
             raise
+        except TrackingError:
+            raise  # the run cannot be closed on a server that is gone
         except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason[:500])
-            self.recorder.fail(run_id, reason, killed=isinstance(exc, KeyboardInterrupt))
+            self.recorder.fail(run_id, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
             raise
         summary = result.summary()
         summary["delta_vs_baseline"] = summary["final_test_acc"] - base.test_acc

@@ -18,9 +18,9 @@ from kdsweep.core.data import ImageSet, load_dataset
 from kdsweep.core.teachers import OnlineTeacher
 from kdsweep.core.trainer import resolve_device
 from kdsweep.errors import StudyError
-from kdsweep.study import coordination, space
+from kdsweep.study import coordination, recovery, space
 from kdsweep.study.coordination import Locks, ProcessLocks
-from kdsweep.study.objective import Objective
+from kdsweep.study.objective import Objective, StopStudy
 from kdsweep.study.recorder import Recorder
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.storage import HEARTBEAT_SECONDS, open_storage
@@ -96,19 +96,24 @@ def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlru
     Several processes may run this on one PostgreSQL study (see ``coordination``): together
     they finish ``spec.n_trials`` trials, and the teacher and baselines are trained once.
     """
-    with coordination.single_writer(spec.storage, field="storage"), \
-            coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
-        return _run_study(spec, recorder=recorder, workdir=workdir, heartbeat=heartbeat)
-
-
-def _run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path, heartbeat: int) -> StudyOutcome:
+    # device and data first: a missing GPU or a folder without the data set must stop the study
+    # before any store, file or run exists
     device = str(resolve_device(spec.device))
     data = load_data(spec)
+    with coordination.single_writer(spec.storage, field="storage"), \
+            coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
+        return _run_study(spec, data, device, recorder=recorder, workdir=workdir, heartbeat=heartbeat)
+
+
+def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Recorder, workdir: Path,
+               heartbeat: int) -> StudyOutcome:
     locks = coordination.locks_for(spec.storage)
     with locks.hold("open-storage"):  # workers starting together on an empty database: one creates the tables
         study = open_study(spec, heartbeat=heartbeat)
     with locks.hold(f"begin:{spec.name}"):  # one parent run, one experiment, however many workers start
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+    with locks.hold(f"recover:{spec.name}"):  # trials of killed or interrupted runs: fail, close, retry
+        recovery.recover(study, recorder)
     teacher = get_teacher(spec, data, recorder, workdir, device, locks)
     study.set_user_attr("teacher_test_acc", teacher.test_acc)
 
@@ -116,8 +121,12 @@ def _run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path, heartbeat:
                           workdir=workdir, device=device, locks=locks)
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
-    coordination.run_trials(study, objective, n_trials=spec.n_trials, locks=locks, timeout=spec.timeout,
-                            make_sampler=lambda n: make_sampler(spec, n), poll=max(0.5, heartbeat / 2))
+    try:
+        coordination.run_trials(study, objective, n_trials=spec.n_trials, locks=locks, timeout=spec.timeout,
+                                make_sampler=lambda n: make_sampler(spec, n), poll=max(0.5, heartbeat / 2))
+    except StopStudy as stop:  # e.g. the tracking server is gone: its trial is FAIL, retried on resume
+        raise type(stop.error)(f"{stop.error}; the study stopped. Finished trials are kept; rerun the same "
+                               "command to resume (the interrupted trial is retried)") from None
     outcome = summarize(study, teacher.test_acc)
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})

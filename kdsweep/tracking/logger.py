@@ -54,6 +54,34 @@ def local_artifact_root(tracking_uri: str, artifacts: str) -> str | None:
     return Path(artifacts).resolve().as_uri()
 
 
+class Guarded:
+    """An MlflowClient whose failures become one-line TrackingErrors naming the URI.
+
+    MLflow retries HTTP calls itself (bounded by the MLFLOW_HTTP_REQUEST_* variables above);
+    what still fails (a server gone for good, a locked store) reaches the study as a
+    TrackingError, which stops it cleanly instead of failing every later trial the same way.
+    """
+
+    def __init__(self, client, uri: str) -> None:
+        self._inner, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return attr(*args, **kwargs)
+            except (MlflowException, OSError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise TrackingError(f"tracking_uri={self._uri!r}: MLflow {name} failed: {first[:400]}") from exc
+
+        return call
+
+
 class MlflowRecorder:
     def __init__(self, tracking_uri: str, *, artifacts: str = "mlruns/artifacts", workdir: Path = Path("mlruns")) -> None:
         quiet_mlflow_logs()
@@ -74,7 +102,7 @@ class MlflowRecorder:
                 Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(self.uri)
+            self._client = Guarded(MlflowClient(self.uri), self.uri)
         return self._client
 
     # -- study ---------------------------------------------------------------------------
@@ -146,7 +174,9 @@ class MlflowRecorder:
             raise RuntimeError("begin_study() must come first")
         run_id = info.run_id or self._unfinished(info)
         if run_id is not None:
+            # a retried trial reopens its run: params stay as logged; tags follow the new trial number
             self.client.update_run(run_id, status="RUNNING")
+            self._log_tags(run_id, info.tags)
             return run_id
         tags = {"role": info.role, "config_hash": info.key, **info.tags}
         if self.parent_id:
@@ -187,6 +217,12 @@ class MlflowRecorder:
         items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items() if v is not None]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _log_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def _log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int) -> None:
         from mlflow.entities import Metric
