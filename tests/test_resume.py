@@ -198,3 +198,32 @@ def test_ctrl_c_marks_the_trial_says_how_to_resume_and_the_rerun_continues_it(re
     assert [s for s, _ in history(resumed, run_id, "train_loss")] == [1, 2, 3]  # went on from epoch 1
     after = runs(resumed)
     assert len(after["teacher"]) == len(before["teacher"]) == 1  # one teacher for both studies
+
+
+def test_sigterm_stops_like_ctrl_c_and_closes_the_run_in_progress(tmp_path, subset_root):
+    """`kill PID` (what batch schedulers send first): here while the teacher trains."""
+    teacher = {**TEACHER, "recipe": {**TEACHER["recipe"], "epochs": 20}}
+    write_spec(tmp_path / "spec.yaml", subset_root, name="term", teacher=teacher, student=STUDENT,
+               data={**DATA, "root": str(subset_root)})
+    from mlflow.tracking import MlflowClient
+
+    def teacher_runs() -> list:
+        if not (tmp_path / "mlruns" / "progress").exists():  # the first epoch's checkpoint: training is on
+            return []
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+        exp = client.get_experiment_by_name("term")
+        return client.search_runs([exp.experiment_id], "tags.role = 'teacher'") if exp else []
+
+    log = tmp_path / "term.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "run", "spec.yaml", "--n-trials", "1"],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 900
+    while not teacher_runs():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert "Resume with: kdsweep study run spec.yaml --n-trials 1" in log.read_text()
+    (run,) = teacher_runs()
+    assert run.info.status == "KILLED"  # closed, not left RUNNING; the rerun reopens and continues it
