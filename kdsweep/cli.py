@@ -141,8 +141,9 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
     except KdsweepError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
-        click.echo("Interrupted: the running trial is marked failed and will be retried; finished trials are "
-                   f"kept. Resume with: {resume_command(spec_path, flags, heartbeat)}", err=True)
+        click.echo("Interrupted: finished trials are kept; the trial or training in progress is marked "
+                   "interrupted and goes on from its last epoch when you resume. "
+                   f"Resume with: {resume_command(spec_path, flags, heartbeat)}", err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
