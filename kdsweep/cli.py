@@ -29,10 +29,10 @@ def fail(exc: KdsweepError) -> UserError:
     return UserError(str(exc))
 
 
-def spec_overrides(data_root, n_trials, storage, tracking_uri, device) -> dict:
-    """Flags win over KDSWEEP_DATA_ROOT, which wins over the spec's data root."""
+def spec_overrides(data_root, n_trials, storage, tracking_uri, device, set_=()) -> dict:
+    """Flags win over KDSWEEP_DATA_ROOT, which wins over the spec's data root; --set goes under all."""
     return {"data_root": data_root or os.environ.get(DATA_ROOT_ENV) or None, "n_trials": n_trials,
-            "storage": storage, "tracking_uri": tracking_uri, "device": device}
+            "storage": storage, "tracking_uri": tracking_uri, "device": device, "set": list(set_) or None}
 
 
 def override_options(f):
@@ -42,6 +42,8 @@ def override_options(f):
         click.option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/optuna."),
         click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
+        click.option("--set", "set_", multiple=True, metavar="KEY.PATH=VALUE",
+                     help="Override any spec field, e.g. --set student.recipe.epochs=2 (repeatable; VALUE is YAML)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -115,7 +117,10 @@ def resume_command(spec_path: Path, flags: dict, heartbeat: int | None) -> str:
 
     args = ["kdsweep", "study", click.get_current_context().info_name, str(spec_path)]
     for name, value in {**flags, "heartbeat": heartbeat}.items():
-        if value is not None:
+        if name == "set_":  # --set is repeatable: one flag per item
+            for item in value or ():
+                args += ["--set", item]
+        elif value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(args)
 
@@ -147,10 +152,58 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    teacher = "online teachers" if outcome.teacher_acc is None else f"teacher {outcome.teacher_acc:.4f}"
     click.echo(f"study {outcome.study_name}: {outcome.complete} complete, {outcome.pruned} pruned, "
-               f"{outcome.failed} failed; teacher {outcome.teacher_acc:.4f}; "
+               f"{outcome.failed} failed; {teacher}; "
                f"best trial {outcome.best_trial}: {outcome.best_value} {outcome.best_params}")
+    _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
+
+
+def _publish(spec) -> None:
+    """Log the report and its plots to the study's MLflow parent run; a failure here only warns."""
+    from kdsweep.tracking.publish import publish
+
+    try:
+        run_id, files = publish(spec.name, spec.tracking_uri, spec.storage)
+    except KdsweepError as exc:
+        click.echo(f"warning: report not logged to MLflow ({exc}); `kdsweep report` still works", err=True)
+        return
+    plots = sum(f.startswith("plots/") for f in files)
+    click.echo(f"report and {plots} plots logged to MLflow run {run_id} (artifacts report/)")
+
+
+@main.group()
+def teacher() -> None:
+    """Train a study's teacher on its own (the seed projects' --mode teacher)."""
+
+
+@teacher.command("train")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+@click.option("--out", type=click.Path(path_type=Path), help="Write the weights here "
+              "(default mlruns/teachers/STUDY-ARCH-xWIDTH.pt).")
+def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
+    """Train (or reuse) only SPEC's teacher, record it in MLflow and save its weights.
+
+    `kdsweep study run SPEC` then reuses it; other studies load it with
+    --set teacher.checkpoint=PATH (the seed projects' --mode student).
+    """
+    try:
+        spec = _load(spec_path, **flags)
+        from kdsweep.study.runner import train_teacher
+        from kdsweep.tracking.logger import MlflowRecorder
+
+        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
+        trained, path = train_teacher(spec, recorder=recorder, out=out)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    how = "reused" if trained.reused else "trained"
+    click.echo(f"teacher {spec.teacher.arch} x{spec.teacher.width} {how}: final test acc {trained.test_acc:.4f} "
+               f"(MLflow run {trained.run_id})")
+    click.echo(f"weights: {path}")
+    click.echo(f"students: kdsweep study run {spec_path} (reuses it), or in any study: "
+               f"--set teacher.checkpoint={path}")
 
 
 @main.group()
@@ -181,20 +234,49 @@ def server_start(**opts) -> None:
 
 
 @main.command("report")
-@click.argument("study_name", metavar="STUDY")
+@click.argument("studies", metavar="STUDY...", nargs=-1, required=True)
+@click.option("--compare", is_flag=True, help="Put two or more studies side by side (e.g. with and without EMA).")
 @click.option("--tracking-uri", default="sqlite:///mlruns/mlflow.db", show_default=True)
+@click.option("--storage", default="sqlite:///mlruns/optuna.db", show_default=True,
+              help="Optuna storage, for the Optuna plots in --format html.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "html"]), default="md", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
-def report(study_name: str, tracking_uri: str, fmt: str, out: Path | None) -> None:
-    """Print the teacher / student / distilled table of STUDY from MLflow."""
-    from kdsweep.tracking.report import RENDERERS, load_report
+@click.option("--register", metavar="NAME", help="Register the best distilled student in the MLflow Model Registry.")
+def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: str, fmt: str, out: Path | None,
+           register: str | None) -> None:
+    """Print the teacher / student / distilled table of STUDY from MLflow (html adds plots)."""
+    from kdsweep.tracking import publish, render
 
+    if compare != (len(studies) > 1):
+        raise UserError(f"STUDY={' '.join(studies)!r}: give one study, or --compare with two or more")
+    if compare and register:
+        raise UserError(f"--register={register!r}: registers the best student of one study; drop --compare")
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
     try:
-        text = RENDERERS[fmt](load_report(study_name, tracking_uri))
+        if compare:
+            from kdsweep.tracking.report import load_report
+
+            reports = [load_report(s, tracking_uri) for s in studies]
+            figures, notes = publish.compare_figures(reports) if fmt == "html" else ({}, [])
+            extra = {"notes": notes} if fmt == "html" else {}
+            text = render.COMPARE_RENDERERS[fmt](reports, figures, **extra)
+        else:
+            if fmt == "html":
+                one, figures, notes = publish.build(studies[0], tracking_uri, storage)
+                text = render.render_html(one, figures, notes)
+            else:
+                from kdsweep.tracking.report import load_report
+
+                one = load_report(studies[0], tracking_uri)
+                text = render.RENDERERS[fmt](one)
+            if register:
+                version, acc = publish.register_best(one, tracking_uri, register)
     except KdsweepError as exc:
         raise fail(exc) from None
+    if register:
+        click.echo(f"registered {register} version {version.version}: run {one.best_run_id}, "
+                   f"final test acc {acc:.4f}", err=True)
     if out is None:
         click.echo(text, nl=False)
     else:

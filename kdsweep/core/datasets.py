@@ -225,6 +225,7 @@ def cifar100(root: Path, *, limit_per_file: int | None = None, image_size: int |
 # ---------------------------------------------------------------- image folders (Imagewoof)
 
 _SUFFIXES = {".jpg", ".jpeg", ".png"}
+DEFAULT_IMAGE_SIZE = 64  # image folders without data.image_size
 
 
 @DATASETS.register("imagefolder")
@@ -234,7 +235,7 @@ def imagefolder(root: Path, *, limit_per_file: int | None = None, image_size: in
     Each image is resized on its shorter side and centre-cropped to ``image_size`` (default 64), so
     mixed sizes stack; ``limit_per_file`` keeps the first N files of each class folder.
     """
-    size = image_size or 64
+    size = image_size or DEFAULT_IMAGE_SIZE
     base = _find_folder(root)
     classes = tuple(sorted(d.name for d in (base / "train").iterdir() if d.is_dir()))
     splits = [_read_split(base / s, classes, limit_per_file, size) for s in ("train", "val")]

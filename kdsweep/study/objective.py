@@ -17,11 +17,13 @@ import torch
 
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet
+from kdsweep.core.models import build_model, count_params
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import train
 from kdsweep.errors import KdsweepError, TrackingError
 from kdsweep.study import space
 from kdsweep.study.coordination import Locks, ProcessLocks
+from kdsweep.study.online import OnlineTeacherRun
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.teacher import Trained, obtain, weights_payload
@@ -119,21 +121,33 @@ class Objective:
         scores, deltas = [], []
         for i, seed in enumerate(self.spec.seeds):
             base = self.baseline(values["width"], seed)
-            acc = self._train_one(trial, values, seed, base, report=(i == 0))
+            # Optuna prunes single-objective studies only
+            acc = self._train_one(trial, values, seed, base, report=(i == 0 and not self.spec.multi_objective))
             scores.append(acc)
             deltas.append(acc - base.test_acc)
         for name, xs in (("test_acc", scores), ("delta_vs_baseline", deltas)):
             trial.set_user_attr(f"{name}_mean", statistics.fmean(xs))
             trial.set_user_attr(f"{name}_std", statistics.stdev(xs) if len(xs) > 1 else 0.0)
         trial.set_user_attr("seeds", list(self.spec.seeds))
-        return statistics.fmean(deltas if self.spec.objective == "delta_vs_baseline" else scores)
+        value = statistics.fmean(deltas if self.spec.objective == "delta_vs_baseline" else scores)
+        if self.spec.multi_objective:  # second objective, minimised: the student's size
+            size = count_params(build_model(self.spec.student.arch, num_classes=self.data.num_classes,
+                                            width=values["width"]))
+            trial.set_user_attr("num_params", size)
+            return value, float(size)
+        return value
 
     def _train_one(self, trial: optuna.Trial, values: dict[str, float], seed: int, base: Trained,
                    *, report: bool) -> float:
         cfg = space.student_config(self.spec, values, seed=seed, device=self.device)
         key = cfg.fingerprint(data_identity=self.data.identity)
+        online = None
+        if self.spec.teacher.mode == "online":  # a fresh teacher trained beside this student
+            online = OnlineTeacherRun(self.spec, self.data, cfg, recorder=self.recorder, trial=trial, seed=seed,
+                                      workdir=self.workdir)
         params = {**cfg.as_params(), "trial": trial.number, "data_identity": self.data.identity,
-                  "baseline_run_id": base.run_id, "teacher_run_id": self.teacher.run_id}
+                  "baseline_run_id": base.run_id,
+                  "teacher_run_id": online.run_id if online else self.teacher.run_id}
         tags = {"study": self.spec.name, "trial": str(trial.number), "seed": str(seed)}
         attr = f"mlflow_run_id_seed{seed}"
         run_id = self.recorder.start(RunInfo("distilled", key, params, tags, run_id=trial.user_attrs.get(attr)))
@@ -147,19 +161,25 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (test_acc {m.score:.4f})")
 
         try:
-            result = train(cfg, self.data, teacher=self.source, on_epoch=on_epoch,
-                           checkpoint_path=self.workdir / "progress" / f"distilled-{key}.pt")
+            if online is not None:
+                result = online.train(cfg, on_epoch)
+            else:
+                result = train(cfg, self.data, teacher=self.source, on_epoch=on_epoch,
+                               checkpoint_path=self.workdir / "progress" / f"distilled-{key}.pt")
         except optuna.TrialPruned as exc:
-            self.recorder.fail(run_id, str(exc), killed=True)
+            for rid in [run_id] + ([online.run_id] if online else []):
+                self.recorder.fail(rid, str(exc), killed=True)
             raise
         except TrackingError:
             raise  # the run cannot be closed on a server that is gone
         except BaseException as exc:
-            self.recorder.fail(run_id, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
+            for rid in [run_id] + ([online.run_id] if online else []):
+                self.recorder.fail(rid, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
             raise
+        teacher_acc = online.finish() if online is not None else self.teacher.test_acc
         summary = result.summary()
         summary["delta_vs_baseline"] = summary["final_test_acc"] - base.test_acc
-        summary["delta_vs_teacher"] = summary["final_test_acc"] - self.teacher.test_acc
+        summary["delta_vs_teacher"] = summary["final_test_acc"] - teacher_acc
         final = save_checkpoint(weights_payload(cfg, self.data.num_classes, result.scored_model),
                                 self.workdir / "models" / f"distilled-{key}.pt")
         self.recorder.finish(run_id, summary, final)

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet, load_dataset
 from kdsweep.core.teachers import OnlineTeacher
 from kdsweep.core.trainer import resolve_device
@@ -24,7 +25,7 @@ from kdsweep.study.objective import Objective, StopStudy
 from kdsweep.study.recorder import Recorder
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.storage import HEARTBEAT_SECONDS, open_storage
-from kdsweep.study.teacher import Trained, from_checkpoint, obtain
+from kdsweep.study.teacher import Trained, from_checkpoint, obtain, weights_payload
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -69,7 +70,9 @@ def open_study(spec: StudySpec, *, heartbeat: int = HEARTBEAT_SECONDS) -> optuna
         existing = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
     except KeyError:
         existing = 0
-    return optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
+    # multi_objective: accuracy up, student parameter count down (Optuna keeps the Pareto front)
+    directions = ["maximize", "minimize"] if spec.multi_objective else ["maximize"]
+    return optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
                                sampler=make_sampler(spec, existing), pruner=make_pruner(spec),
                                load_if_exists=True)
 
@@ -82,6 +85,27 @@ def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Pa
         with locks.hold(f"teacher-checkpoint:{spec.teacher.checkpoint.name}"):
             return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
     return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks)
+
+
+def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
+                  out: Path | None = None) -> tuple[Trained, Path]:
+    """Train (or reuse) the study's teacher alone, the seed projects' ``--mode teacher``.
+
+    Recorded as ``run_study`` records it, so a later ``study run`` of the same spec reuses it;
+    the weights are also written to ``out`` for ``teacher.checkpoint`` in other studies.
+    """
+    if spec.teacher.mode == "online":
+        raise StudyError("teacher.mode='online': an online teacher is trained with each student, never alone")
+    device = str(resolve_device(spec.device))
+    data = load_data(spec)
+    with coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
+        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+        teacher = get_teacher(spec, data, recorder, workdir, device)
+        recorder.end_study({"teacher_test_acc": teacher.test_acc})
+    cfg = space.teacher_config(spec, device)
+    path = save_checkpoint(weights_payload(cfg, data.num_classes, teacher.model),
+                           out or workdir / "teachers" / f"{spec.name}-{cfg.arch}-x{cfg.width}.pt")
+    return teacher, path
 
 
 def load_data(spec: StudySpec) -> ImageSet:
@@ -114,11 +138,13 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
     with locks.hold(f"recover:{spec.name}"):  # trials of killed or interrupted runs: fail, close, retry
         recovery.recover(study, recorder)
-    teacher = get_teacher(spec, data, recorder, workdir, device, locks)
-    study.set_user_attr("teacher_test_acc", teacher.test_acc)
+    teacher = None  # teacher.mode online: each trial trains its own (study/online.py)
+    if spec.teacher.mode == "pretrained":
+        teacher = get_teacher(spec, data, recorder, workdir, device, locks)
+        study.set_user_attr("teacher_test_acc", teacher.test_acc)
 
-    objective = Objective(spec, data, OnlineTeacher(teacher.model), teacher, recorder=recorder,
-                          workdir=workdir, device=device, locks=locks)
+    objective = Objective(spec, data, OnlineTeacher(teacher.model) if teacher else None, teacher,
+                          recorder=recorder, workdir=workdir, device=device, locks=locks)
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
     try:
@@ -127,7 +153,7 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     except StopStudy as stop:  # e.g. the tracking server is gone: its trial is FAIL, retried on resume
         raise type(stop.error)(f"{stop.error}; the study stopped. Finished trials are kept; rerun the same "
                                "command to resume (the interrupted trial is retried)") from None
-    outcome = summarize(study, teacher.test_acc)
+    outcome = summarize(study, teacher.test_acc if teacher else None)
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})
     if outcome.complete == 0 and outcome.failed > 0:
@@ -140,13 +166,14 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
 def summarize(study: optuna.Study, teacher_acc: float | None) -> StudyOutcome:
     trials = study.trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    # values[0] is the accuracy objective in single- and multi-objective studies alike
+    best = max(complete, key=lambda t: t.values[0]) if complete else None
     return StudyOutcome(
         study_name=study.study_name,
         complete=len(complete),
         pruned=sum(t.state == TrialState.PRUNED for t in trials),
         failed=sum(t.state == TrialState.FAIL for t in trials),
-        best_value=best.value if best else None,
+        best_value=best.values[0] if best else None,
         best_params=dict(best.params) if best else {},
         best_trial=best.number if best else None,
         teacher_acc=teacher_acc,

@@ -146,8 +146,19 @@ class TeacherSpec(Strict):
     checkpoint: Path | None = None  # a trained teacher's weights: skip training
     seed: int = 0
     recipe: Recipe = Recipe()
+    # pretrained: trained once (or loaded from checkpoint), then frozen for every trial.
+    # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
+    # student's batches (its epochs, batch size, augmentation and seed); the rest of recipe applies
+    mode: Literal["pretrained", "online"] = "pretrained"
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+
+    @field_validator("mode")
+    @classmethod
+    def _online_trains(cls, v: str, info) -> str:
+        if v == "online" and info.data.get("checkpoint") is not None:
+            raise ValueError("an online teacher is trained with each student; drop checkpoint or use mode: pretrained")
+        return v
 
     @field_validator("checkpoint")
     @classmethod
@@ -197,6 +208,8 @@ class StudySpec(Strict):
     n_trials: int = Field(default=8, ge=1)
     timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
     objective: Literal["test_acc", "delta_vs_baseline"] = "test_acc"
+    # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
+    multi_objective: bool = False
     storage: str = DEFAULT_STORAGE  # Optuna storage URL
     tracking_uri: str = DEFAULT_TRACKING_URI  # MLflow tracking URI
     artifacts: str = DEFAULT_ARTIFACTS  # artifact root for new MLflow experiments (local stores)
@@ -235,6 +248,34 @@ class StudySpec(Strict):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return v
 
+    @field_validator("multi_objective")
+    @classmethod
+    def _multi_objective_fits(cls, v: bool, info) -> bool:
+        # declared after sampler, pruner and search, so info.data holds them when they are valid
+        if not v:
+            return v
+        pruner, sampler, search = (info.data.get(k) for k in ("pruner", "sampler", "search"))
+        if pruner not in (None, "none"):
+            raise ValueError(f"Optuna prunes single-objective studies only; set pruner: none (got {pruner!r})")
+        if sampler == "cmaes":
+            raise ValueError("the cmaes sampler optimises one objective; use tpe, random or grid")
+        w = search.width if search is not None else None
+        if search is not None and (w is None or isinstance(w, (int, float)) or len(set(w.values())) < 2):
+            raise ValueError("the parameter count only changes with the student's width; "
+                             "search width over two or more values")
+        return v
+
+    @model_validator(mode="after")
+    def _online_epochs_match(self) -> "StudySpec":
+        # the online teacher steps on the student's batches; a different value set for it would be ignored
+        if self.teacher.mode == "online":
+            for name in ("epochs", "batch_size"):
+                t, s = getattr(self.teacher.recipe, name), getattr(self.student.recipe, name)
+                if name in self.teacher.recipe.model_fields_set and t != s:
+                    raise ValueError(f"teacher.recipe.{name}={t!r}: an online teacher trains on the student's "
+                                     f"batches, so it must equal student.recipe.{name}={s!r} (or be left out)")
+        return self
+
     @model_validator(mode="after")
     def _sampler_fits_space(self) -> "StudySpec":
         if self.sampler == "grid":
@@ -262,6 +303,9 @@ def format_errors(source: str, err: ValidationError, flags: dict[str, str] | Non
         shown = "<missing>" if e["type"] == "missing" else repr(value)
         msg = e["msg"].removeprefix("Value error, ")
         origin = f" (from {flags[field]})" if flags and field in flags else ""
+        if field == "<spec>":  # a check across fields: its message names them; the whole input would be noise
+            lines.setdefault(msg, f"{source}: {msg}")
+            continue
         lines.setdefault(field, f"{source}: {field}={shown}{origin}: {msg}")
     return list(lines.values())
 
@@ -287,11 +331,51 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """CLI flags win over the spec. Keys: data_root, n_trials, storage, tracking_uri, device."""
+def parse_set(items: tuple[str, ...] | list[str]) -> list[tuple[str, Any]]:
+    """``--set KEY.PATH=VALUE`` items as (path, value); VALUE is read as YAML (``0.25``, ``[0, 1]``, ``true``)."""
+    pairs, problems = [], []
+    for item in items:
+        path, sep, text = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            problems.append(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set student.recipe.epochs=2")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            problems.append(f"--set {item!r}: the value is not valid YAML")
+            continue
+        pairs.append((".".join(p.strip() for p in parts), value))
+    if problems:
+        raise SpecError(problems)
+    return pairs
+
+
+def _set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    head, _, rest = path.partition(".")
     out = dict(raw)
+    if not rest:
+        out[head] = value
+        return out
+    inner = out.get(head)
+    if inner is None:
+        inner = {}
+    if not isinstance(inner, dict):
+        raise SpecError([f"--set {path}={value!r}: {head} is {inner!r}, not a mapping of keys"])
+    out[head] = _set_path(inner, rest, value)
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """CLI flags win over the spec. Keys: data_root, n_trials, storage, tracking_uri, device, set.
+
+    ``set`` holds ``KEY.PATH=VALUE`` strings applied first, so the named flags win over them.
+    """
+    out = dict(raw)
+    for path, value in parse_set(overrides.get("set") or ()):
+        out = _set_path(out, path, value)
     for key, value in overrides.items():
-        if value is None:
+        if value is None or key == "set":
             continue
         if key == "data_root":
             out["data"] = {**(out.get("data") or {}), "root": value}
@@ -320,7 +404,8 @@ def load_spec(path: Path, overrides: dict[str, Any] | None = None, *, check_data
     """
     overrides = overrides or {}
     raw = apply_overrides(read_yaml(path), overrides)
-    flags = dict(FLAG_FIELDS[k] for k, v in overrides.items() if v is not None and k in FLAG_FIELDS)
+    flags = {path: "--set" for path, _ in parse_set(overrides.get("set") or ())}
+    flags.update(FLAG_FIELDS[k] for k, v in overrides.items() if v is not None and k in FLAG_FIELDS)
     problems: list[str] = []
     spec = None
     try:

@@ -1,18 +1,20 @@
 """Read a study's runs back from MLflow and build the teacher / student / distilled table.
 
-Accuracies are final-epoch test accuracies (EMA weights when EMA was on); with several seeds
-each row shows mean +- std over seeds, and a gain smaller than the spread is flagged.
+Accuracies are final-epoch test accuracies (EMA weights when EMA was on). Every row shows
+mean +- std over seeds; a change whose mean is no larger than its spread over seeds is flagged.
+The teacher row holds one run for a pretrained teacher and one per seed for online teachers.
+Rendering (markdown, csv, html with plots) lives in ``render``.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from kdsweep.errors import TrackingError
+
+SEARCHED = ("temperature", "alpha", "ema_decay", "lr", "width")
 
 
 @dataclass
@@ -22,9 +24,21 @@ class Row:
     params: int
     train_acc: list[float]
     test_acc: list[float]
-    delta: list[float] = field(default_factory=list)  # vs baseline (distilled) or vs teacher
+    delta: list[float] = field(default_factory=list)  # vs matched baseline (distilled) or teacher (baseline)
     epoch: int = 0
     note: str = ""
+    curves: list[list[tuple[int, float]]] = field(default_factory=list)  # test accuracy per epoch, per run
+
+
+@dataclass
+class TrialPoint:
+    trial: str
+    params: dict[str, float]  # the searched values (and width)
+    test_acc: list[float]  # final test accuracy per seed
+    delta: list[float]  # vs baseline, per seed
+    num_params: int
+    run_ids: list[str]
+    on_front: bool = False  # on the Pareto front of accuracy vs parameter count
 
 
 @dataclass
@@ -32,36 +46,66 @@ class Report:
     study: str
     rows: list[Row]
     ema: list[tuple[str, list[float]]]  # (group, final accuracies)
-    top: list[dict[str, object]]  # best trials with their hyperparameters
+    trials: list[TrialPoint]  # best first
     epoch_note: str
+    best_run_id: str  # the single best distilled run (best trial, best seed): what --register takes
+    top_n: int = 5
+
+    @property
+    def top(self) -> list[TrialPoint]:
+        return self.trials[:self.top_n]
+
+    @property
+    def pareto(self) -> list[TrialPoint]:
+        """Trials on the front, smallest first; empty when every trial has the same size."""
+        if len({t.num_params for t in self.trials}) < 2:
+            return []
+        return sorted((t for t in self.trials if t.on_front), key=lambda t: t.num_params)
 
 
-def _ms(xs: list[float], pct: bool = True) -> str:
-    if not xs:
-        return "-"
-    k = 100.0 if pct else 1.0
-    m = statistics.fmean(xs) * k
-    if len(xs) == 1:
-        return f"{m:.2f}"
-    return f"{m:.2f} +- {statistics.stdev(xs) * k:.2f}"
+def mean(xs: list[float]) -> float:
+    return statistics.fmean(xs)
 
 
-def _signed(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    m = statistics.fmean(xs) * 100
-    s = f"{m:+.2f}"
-    return s if len(xs) == 1 else f"{s} +- {statistics.stdev(xs) * 100:.2f}"
+def std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def load_report(study: str, tracking_uri: str, *, top: int = 5) -> Report:
+def spread_note(deltas: list[float]) -> str:
+    """Flag a change that is no larger than its own spread over seeds."""
+    if len(deltas) > 1 and abs(mean(deltas)) <= std(deltas):
+        return "change within the spread over seeds"
+    return ""
+
+
+def mark_pareto(trials: list[TrialPoint]) -> None:
+    """On the front: no other trial is at least as accurate and as small, and better in one."""
+    for t in trials:
+        acc = mean(t.test_acc)
+        t.on_front = not any(
+            (mean(o.test_acc) >= acc and o.num_params <= t.num_params)
+            and (mean(o.test_acc) > acc or o.num_params < t.num_params) for o in trials)
+
+
+def client_for(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     from kdsweep.tracking.logger import check_reachable, quiet_mlflow_logs
 
     quiet_mlflow_logs()
     check_reachable(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    return MlflowClient(tracking_uri)
+
+
+def curve(client, run_id: str) -> list[tuple[int, float]]:
+    """Per-epoch test accuracy the run was judged by: EMA weights when logged, else raw."""
+    ema = client.get_metric_history(run_id, "test_acc_ema")
+    points = ema or client.get_metric_history(run_id, "test_acc")
+    return sorted((int(m.step), float(m.value)) for m in points)
+
+
+def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> Report:
+    client = client or client_for(tracking_uri)
     exp = client.get_experiment_by_name(study)
     if exp is None:
         raise TrackingError(f"study {study!r}: no MLflow experiment of that name at {tracking_uri}")
@@ -69,111 +113,85 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5) -> Report:
                               max_results=10000)
     if not runs:
         raise TrackingError(f"study {study!r}: no finished distilled runs yet at {tracking_uri}")
-    trials: dict[str, list] = {}
+    by_trial: dict[str, list] = {}
     for r in runs:
-        trials.setdefault(r.data.tags.get("trial", r.info.run_id), []).append(r)
-
-    def mean_acc(rs) -> float:
-        return statistics.fmean(r.data.metrics["final_test_acc"] for r in rs)
-
-    ranked = sorted(trials.items(), key=lambda kv: mean_acc(kv[1]), reverse=True)
-    best_trial, best_runs = ranked[0]
-    cache: dict[str, object] = {}
+        by_trial.setdefault(r.data.tags.get("trial", r.info.run_id), []).append(r)
+    trials = [_trial_point(name, rs) for name, rs in by_trial.items()]
+    trials.sort(key=lambda t: mean(t.test_acc), reverse=True)
+    mark_pareto(trials)
+    best = trials[0]
+    best_runs = sorted(by_trial[best.trial], key=lambda r: int(r.data.tags.get("seed", 0)))
+    cache: dict[str, Any] = {}
 
     def get(run_id: str):
         if run_id not in cache:
             cache[run_id] = client.get_run(run_id)
         return cache[run_id]
 
-    teacher = get(best_runs[0].data.params["teacher_run_id"])
+    teachers = [get(r.data.params["teacher_run_id"]) for r in best_runs]  # one per seed (repeats when pretrained)
     baselines = [get(r.data.params["baseline_run_id"]) for r in best_runs]
-    t_acc = teacher.data.metrics["final_test_acc"]
+    unique_teachers = list({t.info.run_id: t for t in teachers}.values())
 
-    def row(label, rs, delta, note=""):
-        m0 = rs[0].data
-        return Row(label=label, arch=f"{m0.params.get('arch')} x{m0.params.get('width', '1.0')}",
-                   params=int(m0.metrics.get("num_params", 0)),
+    def row(label: str, rs: list, delta: list[float]) -> Row:
+        d = rs[0].data
+        return Row(label=label, arch=f"{d.params.get('arch')} x{d.params.get('width', '1.0')}",
+                   params=int(d.metrics.get("num_params", 0)),
                    train_acc=[r.data.metrics.get("final_train_acc", float("nan")) for r in rs],
                    test_acc=[r.data.metrics["final_test_acc"] for r in rs], delta=delta,
-                   epoch=int(m0.metrics.get("final_epoch", 0)), note=note)
+                   epoch=int(d.metrics.get("final_epoch", 0)), note=spread_note(delta),
+                   curves=[curve(client, r.info.run_id) for r in rs])
 
-    base_accs = [b.data.metrics["final_test_acc"] for b in baselines]
-    dist_deltas = [r.data.metrics["delta_vs_baseline"] for r in best_runs]
-    note = ""
-    if len(dist_deltas) > 1 and abs(statistics.fmean(dist_deltas)) < statistics.stdev(dist_deltas):
-        note = "gain within the spread over seeds"
+    acc = lambda r: r.data.metrics["final_test_acc"]  # noqa: E731
+    online = any(t.data.tags.get("mode") == "online" for t in unique_teachers)
     rows = [
-        row("Teacher", [teacher], []),
-        row("Student (baseline)", baselines, [a - t_acc for a in base_accs]),
-        row(f"Distilled student (trial {best_trial})", best_runs, dist_deltas, note),
+        row("Teacher (online, per seed)" if online else "Teacher", unique_teachers, []),
+        row("Student (baseline)", baselines, [acc(b) - acc(t) for b, t in zip(baselines, teachers)]),
+        row(f"Distilled student (trial {best.trial})", best_runs, [r.data.metrics["delta_vs_baseline"]
+                                                                    for r in best_runs]),
     ]
-    ema_on = [r.data.metrics["final_test_acc"] for r in runs if float(r.data.params.get("ema_decay", 0)) > 0]
-    ema_off = [r.data.metrics["final_test_acc"] for r in runs if float(r.data.params.get("ema_decay", 0)) == 0]
-    raw_of_ema = [r.data.metrics["final_test_acc_raw"] for r in runs if float(r.data.params.get("ema_decay", 0)) > 0]
-    ema = [("distilled, EMA weights", ema_on), ("same runs, raw weights", raw_of_ema), ("distilled, no EMA", ema_off)]
-    top_rows = []
-    for trial, rs in ranked[:top]:
-        p = rs[0].data.params
-        top_rows.append({"trial": trial, "temperature": p.get("temperature"), "alpha": p.get("alpha"),
-                         "ema_decay": p.get("ema_decay"), "lr": p.get("lr"), "width": p.get("width"),
-                         "test_acc": _ms([r.data.metrics["final_test_acc"] for r in rs]),
-                         "delta_vs_baseline": _signed([r.data.metrics["delta_vs_baseline"] for r in rs]),
-                         "seeds": len(rs)})
+    ema_of = lambda r: float(r.data.params.get("ema_decay", 0))  # noqa: E731
+    ema = [("distilled, EMA weights", [acc(r) for r in runs if ema_of(r) > 0]),
+           ("same runs, raw weights", [r.data.metrics["final_test_acc_raw"] for r in runs if ema_of(r) > 0]),
+           ("distilled, no EMA", [acc(r) for r in runs if ema_of(r) == 0])]
     epochs = sorted({int(r.data.metrics.get("final_epoch", 0)) for r in runs})
+    seeds = len(best_runs)
     epoch_note = (f"Accuracies are top-1 on the test split at the final epoch ({', '.join(map(str, epochs))}), "
-                  "EMA weights where EMA is on; +- is the standard deviation over seeds.")
-    return Report(study=study, rows=rows, ema=ema, top=top_rows, epoch_note=epoch_note)
+                  f"EMA weights where EMA is on; "
+                  + ("+- is the standard deviation over seeds." if seeds > 1 else
+                     "one seed, so no spread is shown: add seeds to judge a change against the noise."))
+    best_run = max(best_runs, key=acc)
+    return Report(study=study, rows=rows, ema=ema, trials=trials, epoch_note=epoch_note,
+                  best_run_id=best_run.info.run_id, top_n=top)
 
 
-HEADER = ["Model", "Architecture", "Params", "Train acc %", "Test acc %", "Change %", "Epoch", "Note"]
+def _trial_point(name: str, rs: list) -> TrialPoint:
+    p = rs[0].data.params
+    values = {k: float(p[k]) for k in SEARCHED if k in p}
+    return TrialPoint(trial=name, params=values, test_acc=[r.data.metrics["final_test_acc"] for r in rs],
+                      delta=[r.data.metrics["delta_vs_baseline"] for r in rs],
+                      num_params=int(rs[0].data.metrics.get("num_params", 0)), run_ids=[r.info.run_id for r in rs])
 
 
-def _table(report: Report) -> list[list[str]]:
-    return [[r.label, r.arch, f"{r.params:,}", _ms(r.train_acc), _ms(r.test_acc), _signed(r.delta),
-             str(r.epoch), r.note] for r in report.rows]
+def load_optuna_study(study: str, storage: str | None):
+    """The Optuna study behind the report, or (None, reason) when it cannot be opened."""
+    if not storage:
+        return None, "no Optuna storage given (--storage)"
+    from pathlib import Path
 
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        return None, f"Optuna storage {storage} does not exist"
+    import optuna
 
-def render_markdown(report: Report) -> str:
-    out = io.StringIO()
-    out.write(f"# kdsweep report: {report.study}\n\n")
-    out.write("| " + " | ".join(HEADER) + " |\n|" + "---|" * len(HEADER) + "\n")
-    for cells in _table(report):
-        out.write("| " + " | ".join(cells) + " |\n")
-    out.write(f"\nChange: baseline vs teacher; distilled vs its matched baseline (same width, seed, epochs).\n")
-    out.write(f"{report.epoch_note}\n\n## EMA vs no EMA (distilled runs)\n\n| Group | Runs | Test acc % |\n|---|---|---|\n")
-    for group, xs in report.ema:
-        out.write(f"| {group} | {len(xs)} | {_ms(xs)} |\n")
-    out.write("\n## Top trials\n\n")
-    if report.top:
-        keys = list(report.top[0])
-        out.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
-        for t in report.top:
-            out.write("| " + " | ".join(str(t[k]) for k in keys) + " |\n")
-    return out.getvalue()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study, storage=storage), ""
+    except KeyError:
+        return None, f"no Optuna study {study!r} in the given storage"
+    except Exception as exc:  # a storage that cannot be reached: the table still renders
+        from sqlalchemy.engine import make_url
 
-
-def render_csv(report: Report) -> str:
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(HEADER)
-    w.writerows(_table(report))
-    return out.getvalue()
-
-
-def render_html(report: Report) -> str:
-    def table(header, rows):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", table(HEADER, _table(report)),
-             f"<p>{html.escape(report.epoch_note)}</p>", "<h2>EMA vs no EMA</h2>",
-             table(["Group", "Runs", "Test acc %"], [[g, len(xs), _ms(xs)] for g, xs in report.ema])]
-    if report.top:
-        keys = list(report.top[0])
-        parts += ["<h2>Top trials</h2>", table(keys, [[t[k] for k in keys] for t in report.top])]
-    return "<!doctype html><html><head><meta charset='utf-8'><title>kdsweep report</title></head><body>" \
-        + "".join(parts) + "</body></html>\n"
-
-
-RENDERERS = {"md": render_markdown, "csv": render_csv, "html": render_html}
+        try:
+            shown = make_url(storage).render_as_string(hide_password=True)
+        except Exception:
+            shown = "the given storage"
+        return None, f"Optuna storage {shown} could not be opened ({type(exc).__name__})"

@@ -1,0 +1,136 @@
+"""Report figures as PNG bytes: matplotlib on the Agg backend, so they render without a display.
+
+Each function takes plain numbers (the report gathers them from MLflow and Optuna) and returns
+the PNG, or None when there is nothing to draw. Optuna's own plots come from
+``optuna.visualization.matplotlib``; a plot Optuna cannot draw for a study (too few finished
+trials, a single searched value) is skipped with the reason, never faked.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import warnings
+from typing import Sequence
+
+# one curve: (epoch, accuracy) points of one run; a series: the runs of one role, one per seed
+Curve = Sequence[tuple[int, float]]
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: CI, servers, a study running under nohup
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_png(fig) -> bytes:
+    """Render and close ``fig`` (closing keeps pyplot from holding every figure of a long report)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def epoch_curves(series: dict[str, list[Curve]], *, title: str) -> bytes | None:
+    """Test accuracy per epoch: per label the mean over seeds, with a min..max band when several."""
+    series = {k: [c for c in v if c] for k, v in series.items()}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, curves in series.items():
+        epochs = sorted({e for c in curves for e, _ in c})
+        by_epoch = [[a for c in curves for e2, a in c if e2 == e] for e in epochs]
+        mean = [100 * statistics.fmean(v) for v in by_epoch]
+        line, = ax.plot(epochs, mean, marker="o" if len(epochs) < 15 else None, ms=3,
+                        label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        if len(curves) > 1:
+            ax.fill_between(epochs, [100 * min(v) for v in by_epoch], [100 * max(v) for v in by_epoch],
+                            color=line.get_color(), alpha=0.15, lw=0)
+    ax.set(xlabel="epoch", ylabel="test accuracy %", title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def param_scatter(points: Sequence[tuple[dict[str, float], list[float]]],
+                  names: Sequence[str] = ("temperature", "alpha")) -> bytes | None:
+    """Final test accuracy of each trial (mean over seeds, bar = std) against each of ``names``."""
+    names = [n for n in names if any(n in p for p, _ in points)]
+    if not points or not names:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        xs = [(p[name], accs) for p, accs in points if name in p and accs]
+        ax.errorbar([x for x, _ in xs], [100 * statistics.fmean(a) for _, a in xs],
+                    yerr=[100 * statistics.stdev(a) if len(a) > 1 else 0 for _, a in xs], fmt="o", ms=4, capsize=2)
+        ax.set(xlabel=name, title=f"accuracy vs {name}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("final test accuracy %")
+    return to_png(fig)
+
+
+def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
+    """Accuracy against student parameter count; ``points`` are (params, accuracy, on_front, label)."""
+    if len({p for p, _, _, _ in points}) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rest = [(p, a) for p, a, front, _ in points if not front]
+    front = sorted((p, a, label) for p, a, on, label in points if on)
+    if rest:
+        ax.scatter([p for p, _ in rest], [100 * a for _, a in rest], c="0.6", s=18, label="dominated trials")
+    ax.plot([p for p, _, _ in front], [100 * a for _, a, _ in front], "o-", c="C3", ms=5, label="Pareto front")
+    for p, a, label in front:
+        ax.annotate(label, (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="student parameters", ylabel="final test accuracy %", title="accuracy vs student size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def optuna_plots(study) -> tuple[dict[str, bytes], list[str]]:
+    """Optuna's optimisation history, parameter importances and parallel coordinates (and its
+    Pareto front for two objectives) as PNGs, plus one note per plot it could not draw."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    _pyplot()
+    multi = len(study.directions) > 1
+    target = (lambda t: t.values[0]) if multi else None  # accuracy, the first objective
+    kw = {"target": target, "target_name": "test accuracy"} if multi else {}
+    makers = {
+        "optuna_history": lambda: ovm.plot_optimization_history(study, **kw),
+        "optuna_importances": lambda: ovm.plot_param_importances(study, **kw),
+        "optuna_parallel": lambda: ovm.plot_parallel_coordinate(study, **kw),
+    }
+    if multi:
+        makers["optuna_pareto"] = lambda: ovm.plot_pareto_front(study, target_names=["test accuracy", "parameters"])
+    figures, notes = {}, []
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    if done < MIN_TRIALS_FOR_IMPORTANCE:
+        # with a handful of trials an importance split is noise that looks like a finding
+        del makers["optuna_importances"]
+        notes.append(f"optuna_importances: skipped, needs at least {MIN_TRIALS_FOR_IMPORTANCE} finished trials "
+                     f"(has {done})")
+    for name, make in makers.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning, and "too few trials" said in the note
+                ax = make()
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            if not fig.axes or not any(a.has_data() for a in fig.axes):
+                notes.append(f"{name}: nothing to draw (too few finished trials or searched parameters)")
+                _pyplot().close(fig)
+                continue
+            figures[name] = to_png(fig)
+        except (ValueError, RuntimeError, optuna.exceptions.OptunaError) as exc:
+            notes.append(f"{name}: skipped ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    return figures, notes

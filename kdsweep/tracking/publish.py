@@ -1,0 +1,164 @@
+"""After a study: its figures, the report and plots logged to MLflow, the best student registered.
+
+The study layer never imports MLflow, so this runs from the CLI once ``run_study`` returns:
+the report (markdown and html) and every plot go to the study's parent run under ``report/``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from kdsweep.errors import TrackingError
+from kdsweep.tracking import render
+from kdsweep.tracking.report import Report, client_for, load_optuna_study, load_report, mean
+
+PLOTS_MISSING = "plots need matplotlib: pip install 'kdsweep[plots]'"
+
+
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes], list[str]]:
+    """Every figure of one study, as ``{name: png}``, and notes on those that could not be drawn."""
+    if not _have_matplotlib():
+        return {}, [PLOTS_MISSING]
+    from kdsweep.tracking import plots
+
+    teacher, baseline, distilled = report.rows
+    candidates = {
+        "accuracy_per_epoch": plots.epoch_curves(
+            {"teacher": teacher.curves, "baseline student": baseline.curves,
+             f"distilled student (trial {report.trials[0].trial})": distilled.curves},
+            title=f"{report.study}: test accuracy per epoch"),
+        "accuracy_vs_temperature_alpha": plots.param_scatter([(t.params, t.test_acc) for t in report.trials]),
+        "pareto_front": plots.pareto_plot([(t.num_params, mean(t.test_acc), t.on_front, f"trial {t.trial}")
+                                           for t in report.trials]),
+    }
+    figures = {k: v for k, v in candidates.items() if v is not None}
+    notes = []
+    if optuna_study is not None:
+        more, notes = plots.optuna_plots(optuna_study)
+        figures.update(more)
+    return figures, notes
+
+
+def compare_figures(reports: list[Report]) -> tuple[dict[str, bytes], list[str]]:
+    """Per role, each study's per-epoch test accuracy on one plot (the compared experiments)."""
+    if not _have_matplotlib():
+        return {}, [PLOTS_MISSING]
+    from kdsweep.tracking import plots
+
+    figures = {}
+    for i, role in enumerate(("teacher", "baseline", "distilled")):
+        png = plots.epoch_curves({r.study: r.rows[i].curves for r in reports},
+                                 title=f"{role}: test accuracy per epoch")
+        if png is not None:
+            figures[f"compare_{role}"] = png
+    return figures, []
+
+
+def build(study: str, tracking_uri: str, storage: str | None, *, client=None):
+    """(report, figures, notes) of one study; Optuna plots when its storage can be opened."""
+    report = load_report(study, tracking_uri, client=client)
+    optuna_study, why = load_optuna_study(study, storage)
+    figures, notes = report_figures(report, optuna_study)
+    return report, figures, ([f"Optuna plots skipped: {why}"] if why else []) + notes
+
+
+def parent_run(client, study: str) -> str:
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'study'", max_results=1) if exp else []
+    if not runs:
+        raise TrackingError(f"study {study!r}: no parent run (tags.role = 'study') to log the report into")
+    return runs[0].info.run_id
+
+
+def publish(study: str, tracking_uri: str, storage: str | None) -> tuple[str, list[str]]:
+    """Log report.md, report.html and plots/*.png to the study's parent run; (run id, files)."""
+    client = client_for(tracking_uri)
+    report, figures, notes = build(study, tracking_uri, storage, client=client)
+    run_id = parent_run(client, study)
+    with tempfile.TemporaryDirectory(prefix="kdsweep-report-") as tmp:
+        folder = Path(tmp)
+        (folder / "report.md").write_text(render.render_markdown(report))
+        (folder / "report.html").write_text(render.render_html(report, figures, notes))
+        (folder / "plots").mkdir()
+        for name, png in figures.items():
+            (folder / "plots" / f"{name}.png").write_bytes(png)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        client.log_artifacts(run_id, str(folder), artifact_path="report")
+    return run_id, files
+
+
+def _image_size(client, run) -> int:
+    """The side of the images the study trained on, from the spec its parent run logged."""
+    import json
+
+    parent = run.data.tags.get("mlflow.parentRunId")
+    data = {}
+    if parent:
+        with tempfile.TemporaryDirectory(prefix="kdsweep-spec-") as tmp:
+            try:
+                spec = json.loads(Path(client.download_artifacts(parent, "spec.json", tmp)).read_text())
+                data = spec.get("spec", {}).get("data", {})
+            except (OSError, ValueError):
+                data = {}
+    from kdsweep.core.datasets import DEFAULT_IMAGE_SIZE
+
+    return int(data.get("image_size") or (DEFAULT_IMAGE_SIZE if data.get("dataset") == "imagefolder" else 32))
+
+
+def register_best(report: Report, tracking_uri: str, name: str, *, client=None):
+    """Register the best distilled student (best trial, best seed) as a new version of model ``name``.
+
+    The weights are logged beside the run as an MLflow PyTorch model (``registered_model/``);
+    inputs are float NCHW images normalised with the training split's per-channel mean and std.
+    """
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from kdsweep.core.checkpoint import load_checkpoint
+    from kdsweep.study.teacher import load_weights
+
+    client = client or client_for(tracking_uri)
+    run_id = report.best_run_id
+    run = client.get_run(run_id)
+    files = [f.path for f in client.list_artifacts(run_id, "checkpoint") if f.path.endswith(".pt")]
+    if not files:
+        raise TrackingError(f"run {run_id}: no checkpoint artifact to register")
+    with tempfile.TemporaryDirectory(prefix="kdsweep-register-") as tmp:
+        path = Path(client.download_artifacts(run_id, files[0], tmp))
+        payload = load_checkpoint(path)
+        model = load_weights(path, payload["arch"], payload["width"], payload["num_classes"]).eval()
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, payload["num_classes"]))]))
+        # MLflow's default format is torch.export's pt2 (a traced graph, no pickled code), which
+        # traces with an example: two images of the study's size (batch > 1 keeps the batch dynamic)
+        size = _image_size(client, run)
+        example = np.zeros((2, 3, size, size), dtype=np.float32)
+        local = Path(tmp) / "registered_model"
+        mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=example)
+        client.log_artifacts(run_id, str(local), artifact_path="registered_model")
+    try:
+        client.create_registered_model(name, description="kdsweep distilled students")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise TrackingError(f"cannot create registered model {name!r}: {str(exc).splitlines()[0]}") from None
+    acc = run.data.metrics["final_test_acc"]
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/registered_model", run_id=run_id,
+        tags={"study": report.study, "trial": run.data.tags.get("trial", ""), "seed": run.data.tags.get("seed", ""),
+              "final_test_acc": f"{acc:.4f}"},
+        description=(f"{payload['arch']} x{payload['width']} distilled in study {report.study}, trial "
+                     f"{run.data.tags.get('trial')}, final test accuracy {acc:.4f}; inputs: float NCHW images "
+                     "normalised with the training split's per-channel mean and std"))
+    return version, acc

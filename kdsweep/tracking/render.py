@@ -1,0 +1,183 @@
+"""Reports as markdown, csv or html (html carries the plots inline as PNG data URIs).
+
+A comparison puts several studies side by side (``kdsweep report --compare A B``): the same three
+rows, each study's mean +- std, and the difference to the first study with a note when it is no
+larger than the spreads combined (sqrt(std_a^2 + std_b^2)).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+
+from kdsweep.tracking.report import Report, mean, std
+
+HEADER = ["Model", "Architecture", "Params", "Train acc %", "Test acc %", "Change %", "Epoch", "Note"]
+CHANGE_TEXT = ("Change: baseline vs teacher; distilled vs its matched baseline (same width, seed, epochs); "
+               "paired per seed.")
+
+
+def ms(xs: list[float], pct: bool = True) -> str:
+    if not xs:
+        return "-"
+    k = 100.0 if pct else 1.0
+    return f"{mean(xs) * k:.2f}" if len(xs) == 1 else f"{mean(xs) * k:.2f} +- {std(xs) * k:.2f}"
+
+
+def signed(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    s = f"{mean(xs) * 100:+.2f}"
+    return s if len(xs) == 1 else f"{s} +- {std(xs) * 100:.2f}"
+
+
+def table(report: Report) -> list[list[str]]:
+    return [[r.label, r.arch, f"{r.params:,}", ms(r.train_acc), ms(r.test_acc), signed(r.delta), str(r.epoch),
+             r.note] for r in report.rows]
+
+
+def trial_table(trials) -> tuple[list[str], list[list[str]]]:
+    keys = sorted({k for t in trials for k in t.params})
+    header = ["trial", *keys, "params", "test acc %", "vs baseline %", "seeds"]
+    rows = [[t.trial, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in keys], f"{t.num_params:,}",
+             ms(t.test_acc), signed(t.delta), str(len(t.test_acc))] for t in trials]
+    return header, rows
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+    return out + "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
+
+
+def render_markdown(report: Report, figures: dict[str, bytes] | None = None) -> str:
+    parts = [f"# kdsweep report: {report.study}\n", md_table(HEADER, table(report)),
+             f"{CHANGE_TEXT}\n{report.epoch_note}\n", "## EMA vs no EMA (distilled runs)\n",
+             md_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
+             "## Top trials\n", md_table(*trial_table(report.top))]
+    if report.pareto:
+        parts += ["## Pareto front: accuracy vs student parameters\n", md_table(*trial_table(report.pareto))]
+    return "\n".join(parts)
+
+
+def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(HEADER)
+    w.writerows(table(report))
+    return out.getvalue()
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_figures(figures: dict[str, bytes] | None, notes: list[str] | None = None) -> list[str]:
+    parts = []
+    for name, png in (figures or {}).items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes or []]
+    return (["<h2>Plots</h2>"] + parts) if parts else []
+
+
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+          "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,"
+          "th:first-child{text-align:left}img{max-width:100%}.note{color:#666}</style>")
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
+            "</head><body>" + "".join(parts) + "</body></html>\n")
+
+
+def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: list[str] | None = None) -> str:
+    parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", _html_table(HEADER, table(report)),
+             f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>", "<h2>EMA vs no EMA</h2>",
+             _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
+             "<h2>Top trials</h2>", _html_table(*trial_table(report.top))]
+    if report.pareto:
+        parts += ["<h2>Pareto front: accuracy vs student parameters</h2>", _html_table(*trial_table(report.pareto))]
+    return _page(f"kdsweep report: {report.study}", parts + _html_figures(figures, notes))
+
+
+RENDERERS = {"md": render_markdown, "csv": render_csv, "html": render_html}
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+def difference_note(a: list[float], b: list[float]) -> str:
+    if len(a) < 2 or len(b) < 2:
+        return "one seed: spread unknown"
+    if abs(mean(b) - mean(a)) <= math.hypot(std(a), std(b)):
+        return "difference within the spread over seeds"
+    return ""
+
+
+def compare_table(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
+    first = reports[0]
+    header = ["Model"] + [f"{r.study} test acc %" for r in reports]
+    header += [f"{r.study} - {first.study} %" for r in reports[1:]] + ["Note"]
+    rows = []
+    for i, row in enumerate(first.rows):
+        label = row.label.split(" (trial")[0]  # each study's best trial has its own number
+        cells = [label] + [ms(r.rows[i].test_acc) for r in reports]
+        notes = []
+        for r in reports[1:]:
+            a, b = row.test_acc, r.rows[i].test_acc
+            cells.append(f"{(mean(b) - mean(a)) * 100:+.2f}")
+            note = difference_note(a, b)
+            if note:
+                notes.append(note if len(reports) == 2 else f"{r.study}: {note}")
+        rows.append(cells + ["; ".join(notes)])
+    ema_groups = [("EMA: " + g) for g, _ in first.ema]
+    for j, g in enumerate(ema_groups):
+        rows.append([g] + [ms(r.ema[j][1]) for r in reports] +
+                    [f"{(mean(r.ema[j][1]) - mean(first.ema[j][1])) * 100:+.2f}"
+                     if r.ema[j][1] and first.ema[j][1] else "-" for r in reports[1:]] + [""])
+    return header, rows
+
+
+def best_settings(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
+    keys = sorted({k for r in reports for k in r.trials[0].params})
+    header = ["study", "best trial", *keys, "test acc %", "vs baseline %"]
+    rows = [[r.study, r.trials[0].trial, *[f"{r.trials[0].params[k]:.4g}" if k in r.trials[0].params else "-"
+                                           for k in keys], ms(r.trials[0].test_acc), signed(r.trials[0].delta)]
+            for r in reports]
+    return header, rows
+
+
+COMPARE_TEXT = ("Each column is one study's best trial (and its teacher and matched baselines); the difference is "
+                "to the first study, flagged when no larger than both spreads combined.")
+
+
+def compare_markdown(reports: list[Report], figures: dict[str, bytes] | None = None) -> str:
+    names = " vs ".join(r.study for r in reports)
+    return "\n".join([f"# kdsweep comparison: {names}\n", md_table(*compare_table(reports)), COMPARE_TEXT + "\n",
+                      "## Best settings\n", md_table(*best_settings(reports))])
+
+
+def compare_csv(reports: list[Report], figures: dict[str, bytes] | None = None) -> str:
+    out = io.StringIO()
+    header, rows = compare_table(reports)
+    w = csv.writer(out)
+    w.writerow(header)
+    w.writerows(rows)
+    return out.getvalue()
+
+
+def compare_html(reports: list[Report], figures: dict[str, bytes] | None = None,
+                 notes: list[str] | None = None) -> str:
+    names = " vs ".join(r.study for r in reports)
+    parts = [f"<h1>kdsweep comparison: {html.escape(names)}</h1>", _html_table(*compare_table(reports)),
+             f"<p>{html.escape(COMPARE_TEXT)}</p>", "<h2>Best settings</h2>", _html_table(*best_settings(reports))]
+    return _page(f"kdsweep comparison: {names}", parts + _html_figures(figures, notes))
+
+
+COMPARE_RENDERERS = {"md": compare_markdown, "csv": compare_csv, "html": compare_html}

@@ -1,0 +1,141 @@
+"""Online distillation (kdsweep.core.online): teacher and student trained together on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from kdsweep.cli import main
+from kdsweep.core.config import TrainConfig
+from kdsweep.core.data import synthetic_imageset
+from kdsweep.core.online import train_online
+
+COMMON = dict(epochs=2, batch_size=32, lr=0.05, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny nets: a second OpenMP thread only adds spinning, which a loaded 2-core machine pays dearly
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_imageset(n_train=64, n_test=32, num_classes=4, size=16, seed=1)
+
+
+def cfgs(**student) -> tuple[TrainConfig, TrainConfig]:
+    """A student (with ``student`` overrides) and a teacher on the same epochs and batches."""
+    shared = {**COMMON, **{k: student[k] for k in ("epochs", "batch_size") if k in student}}
+    s = TrainConfig(arch="resnet8", width=0.25, alpha=student.pop("alpha", 0.9),
+                    temperature=student.pop("temperature", 4.0), **{**COMMON, **student})
+    t = TrainConfig(arch="resnet8", width=0.5, alpha=0.0, **shared)
+    return s, t
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_both_nets_train_and_report_each_epoch(data):
+    seen = []
+    out = train_online(*cfgs(), data, on_epoch=lambda s, t: seen.append((s.epoch, t.epoch)))
+    assert seen == [(1, 1), (2, 2)]
+    for result in (out.student, out.teacher):
+        assert [m.epoch for m in result.history] == [1, 2]
+        assert all(0 <= m.test_acc <= 1 and m.train_loss > 0 for m in result.history)
+    assert out.student.num_params < out.teacher.num_params  # width 0.25 vs 0.5
+
+
+def test_teacher_learns_from_labels_only(data):
+    # the student's KD loss uses detached teacher logits: whatever the student does (its alpha,
+    # temperature), the teacher's weights come out bit-identical
+    a = train_online(*cfgs(alpha=0.9, temperature=4.0), data)
+    b = train_online(*cfgs(alpha=0.3, temperature=8.0), data)
+    assert same_weights(a.teacher.model, b.teacher.model)
+    assert not same_weights(a.student.model, b.student.model)
+
+
+def test_student_learns_from_the_teacher(data):
+    # alpha 0 makes the student ignore its teacher: a different teacher leaves it unchanged;
+    # with alpha > 0 the teacher's logits move the student
+    s0, t = cfgs(alpha=0.0)
+    other_teacher = TrainConfig(arch="resnet8", width=0.5, alpha=0.0, **{**COMMON, "lr": 0.01})
+    assert same_weights(train_online(s0, t, data).student.model, train_online(s0, other_teacher, data).student.model)
+    s9, _ = cfgs(alpha=0.9)
+    assert not same_weights(train_online(s9, t, data).student.model,
+                            train_online(s9, other_teacher, data).student.model)
+
+
+def test_resumes_both_nets_from_the_checkpoint(data, tmp_path):
+    s, t = cfgs()
+    whole = train_online(s, t, data)
+
+    def stop_after_first(sm, tm):
+        if sm.epoch == 1:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "pair.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_online(s, t, data, on_epoch=stop_after_first, checkpoint_path=ckpt)
+    resumed = train_online(s, t, data, checkpoint_path=ckpt)
+    assert resumed.student.resumed_from_epoch == 1
+    # the loader's batches depend only on (seed, epoch), so the resumed pair matches the whole run
+    assert same_weights(resumed.student.model, whole.student.model)
+    assert same_weights(resumed.teacher.model, whole.teacher.model)
+    assert [m.epoch for m in resumed.teacher.history] == [1, 2]
+
+
+def test_student_patience_stops_both(data):
+    s, t = cfgs(patience=1, epochs=6, lr=1e-6)  # a learning rate this small never improves twice running
+    out = train_online(s, t, data)
+    assert out.student.stopped_early and len(out.student.history) < 6
+    assert len(out.teacher.history) == len(out.student.history)
+
+
+@pytest.mark.parametrize("student, teacher, word", [
+    (dict(epochs=2), dict(epochs=3), "epochs"),
+    (dict(batch_size=32), dict(batch_size=16), "batch_size"),
+    (dict(), dict(alpha=0.5), "alpha"),
+])
+def test_mismatched_pair_is_refused(data, student, teacher, word):
+    s = TrainConfig(arch="resnet8", width=0.25, alpha=0.9, **{**COMMON, **student})
+    t = TrainConfig(arch="resnet8", width=0.5, **{**COMMON, "alpha": 0.0, **teacher})
+    with pytest.raises(ValueError, match=word):
+        train_online(s, t, data)
+
+
+def _spec(tmp_path: Path, teacher: dict) -> Path:
+    spec = {"name": "online", "data": {"root": str(tmp_path)},
+            "teacher": {"arch": "resnet8", "mode": "online", **teacher},
+            "student": {"arch": "resnet8", "recipe": {"epochs": 2}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("teacher, field", [
+    ({"checkpoint": "s.yaml"}, "teacher.mode='online'"),
+    ({"recipe": {"epochs": 5}}, "teacher.recipe.epochs=5"),
+])
+def test_spec_refuses_what_an_online_teacher_cannot_do(tmp_path, monkeypatch, teacher, field):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["study", "validate", str(_spec(tmp_path, teacher))])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], result.output
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_spec_accepts_online_teacher_with_the_students_epochs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["study", "validate", str(_spec(tmp_path, {"recipe": {"epochs": 2}}))])
+    assert result.exit_code == 0, result.output
+    assert "mode: online" in result.output

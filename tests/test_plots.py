@@ -1,0 +1,84 @@
+"""Report figures (kdsweep.tracking.plots): real PNGs from real numbers, skips with reasons."""
+
+from __future__ import annotations
+
+import io
+
+import optuna
+import pytest
+
+pytest.importorskip("matplotlib")
+from PIL import Image  # noqa: E402
+
+from kdsweep.tracking import plots  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def image(png: bytes) -> Image.Image:
+    assert png.startswith(PNG_MAGIC)
+    img = Image.open(io.BytesIO(png))
+    img.load()
+    return img
+
+
+def test_epoch_curves_draws_one_line_per_role():
+    png = plots.epoch_curves({"teacher": [[(1, 0.5), (2, 0.7)]],
+                              "student": [[(1, 0.3), (2, 0.4)], [(1, 0.35), (2, 0.45)]]}, title="t")
+    img = image(png)
+    assert img.width > 300 and img.height > 200
+
+
+def test_epoch_curves_with_nothing_to_draw_is_none():
+    assert plots.epoch_curves({"teacher": [], "student": [[]]}, title="t") is None
+
+
+def test_param_scatter_skips_parameters_no_trial_has():
+    assert plots.param_scatter([({"lr": 0.1}, [0.5])]) is None
+    png = plots.param_scatter([({"temperature": 2.0, "alpha": 0.5}, [0.5, 0.6]),
+                               ({"temperature": 8.0, "alpha": 0.9}, [0.7])])
+    # two panels side by side are wider than tall
+    img = image(png)
+    assert img.width > img.height
+
+
+def test_pareto_plot_needs_two_sizes():
+    assert plots.pareto_plot([(100, 0.5, True, "a"), (100, 0.6, True, "b")]) is None
+    image(plots.pareto_plot([(100, 0.5, True, "a"), (300, 0.7, True, "b"), (300, 0.6, False, "c")]))
+
+
+def _study(n: int, directions=("maximize",)) -> optuna.Study:
+    study = optuna.create_study(directions=list(directions), sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(n):
+        trial = study.ask()
+        t = trial.suggest_float("temperature", 1.0, 8.0)
+        a = trial.suggest_float("alpha", 0.1, 0.9)
+        w = trial.suggest_categorical("width", [0.5, 1.0])
+        acc = 0.5 + 0.03 * t - 0.1 * (a - 0.5) ** 2 + 0.1 * w
+        study.tell(trial, (acc, w * 1000) if len(directions) > 1 else acc)
+    return study
+
+
+def test_optuna_plots_for_a_single_objective_study():
+    figures, notes = plots.optuna_plots(_study(8))
+    assert set(figures) == {"optuna_history", "optuna_importances", "optuna_parallel"}
+    for png in figures.values():
+        image(png)
+    assert notes == []
+
+
+def test_optuna_importances_need_enough_trials():
+    figures, notes = plots.optuna_plots(_study(2))
+    assert "optuna_importances" not in figures and "optuna_history" in figures
+    assert any("optuna_importances" in n and "(has 2)" in n for n in notes)
+
+
+def test_optuna_plots_for_two_objectives_include_the_pareto_front():
+    figures, _ = plots.optuna_plots(_study(8, directions=("maximize", "minimize")))
+    assert {"optuna_history", "optuna_pareto", "optuna_parallel"} <= set(figures)
+
+
+def test_optuna_plots_of_an_empty_study_say_why():
+    figures, notes = plots.optuna_plots(_study(0))
+    assert figures == {}
+    assert len(notes) == 3  # history, parallel coordinates: nothing to draw; importances: too few trials

@@ -1,0 +1,231 @@
+"""`kdsweep report`: mean +- std per row, spread notes, Pareto front, html plots, compare, register.
+
+Two tiny studies run once through the real CLI on generated CIFAR-10 files (2 seeds each); the
+report's numbers are checked against what MLflow holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+from tiny_layouts import write_cifar10
+
+from kdsweep.tracking.render import difference_note, render_markdown
+from kdsweep.tracking.report import Report, Row, TrialPoint, mark_pareto, spread_note
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny CPU runs: a second OpenMP thread only adds spinning
+
+
+def tiny_spec(path: Path, data: Path, name: str, **extra) -> Path:
+    recipe = {"epochs": 2, "batch_size": 25, "lr": 0.05}
+    spec = {"name": name, "seeds": [0, 1], "data": {"dataset": "cifar10", "root": str(data)},
+            "teacher": {"arch": "cnn_teacher", "width": 0.25, "recipe": recipe},
+            "student": {"arch": "cnn_student", "width": 0.25, "recipe": recipe},
+            "search": {"temperature": {"choices": [2.0, 8.0]}, "alpha": {"choices": [0.5, 0.9]}},
+            "sampler": "random", "pruner": "none", "device": "cpu", **extra}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("report")
+    data = write_cifar10(work / "data", per_file=20, n_test=50)
+    pareto = tiny_spec(work / "pareto.yaml", data, "pareto", n_trials=3, multi_objective=True,
+                       search={"temperature": {"choices": [2.0, 8.0]}, "alpha": {"choices": [0.5, 0.9]},
+                               "width": {"choices": [0.25, 0.5]}})
+    ema = tiny_spec(work / "ema.yaml", data, "ema", n_trials=1,
+                    student={"arch": "cnn_student", "width": 0.25,
+                             "recipe": {"epochs": 2, "batch_size": 25, "lr": 0.05, "ema_decay": 0.5}})
+    for spec in (pareto, ema):
+        proc = run_cli("study", "run", str(spec), cwd=work, env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "plots logged to MLflow" in proc.stdout
+    return work
+
+
+def client(work: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+
+
+def distilled_by_trial(work: Path, study: str) -> dict[str, list]:
+    c = client(work)
+    exp = c.get_experiment_by_name(study)
+    runs = c.search_runs([exp.experiment_id], "tags.role = 'distilled' and attributes.status = 'FINISHED'")
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(r.data.tags["trial"], []).append(r)
+    return out
+
+
+def pct(xs: list[float]) -> str:
+    return f"{statistics.fmean(xs) * 100:.2f} +- {statistics.stdev(xs) * 100:.2f}"
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| Teacher") or line.startswith("| Student") or line.startswith("| Distilled"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_every_row_shows_mean_and_spread_over_seeds(work):
+    proc = run_cli("report", "pareto", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    rows = table_rows(proc.stdout)
+    trials = distilled_by_trial(work, "pareto")
+    best = max(trials.values(), key=lambda rs: statistics.fmean(r.data.metrics["final_test_acc"] for r in rs))
+    distilled = rows[f"Distilled student (trial {best[0].data.tags['trial']})"]
+    # the distilled row is the best trial's two seeds, as MLflow holds them
+    assert distilled[4] == pct([r.data.metrics["final_test_acc"] for r in best])
+    assert distilled[3] == pct([r.data.metrics["final_train_acc"] for r in best])
+    baseline = rows["Student (baseline)"]
+    assert "+-" in baseline[3] and "+-" in baseline[4] and "+-" in baseline[5]
+    # one pretrained teacher: a single value, no spread to show
+    assert "+-" not in rows["Teacher"][4]
+    # a change no larger than its own spread is flagged, and only then
+    deltas = [r.data.metrics["delta_vs_baseline"] for r in best]
+    within = abs(statistics.fmean(deltas)) <= statistics.stdev(deltas)
+    assert (distilled[7] == "change within the spread over seeds") == within
+
+
+def test_pareto_front_is_listed_and_non_dominated(work):
+    proc = run_cli("report", "pareto", cwd=work)
+    section = proc.stdout.split("## Pareto front: accuracy vs student parameters", 1)[1]
+    front = {line.split("|")[1].strip() for line in section.splitlines() if re.match(r"\| \d+ \|", line)}
+    trials = distilled_by_trial(work, "pareto")
+    score = {t: (statistics.fmean(r.data.metrics["final_test_acc"] for r in rs), rs[0].data.metrics["num_params"])
+             for t, rs in trials.items()}
+
+    def dominated(t):
+        a, p = score[t]
+        return any(a2 >= a and p2 <= p and (a2 > a or p2 < p) for a2, p2 in score.values())
+
+    assert front and front == {t for t in score if not dominated(t)}
+
+
+def test_html_report_embeds_the_plots(work):
+    out = work / "report.html"
+    proc = run_cli("report", "pareto", "--format", "html", "--out", str(out), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    names = re.findall(r"<img alt='([a-z_]+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", text)
+    found = {n for n, _ in names}
+    assert {"accuracy_per_epoch", "accuracy_vs_temperature_alpha", "pareto_front", "optuna_history",
+            "optuna_parallel", "optuna_pareto"} <= found
+    assert all(base64.b64decode(data).startswith(b"\x89PNG") for _, data in names)
+    # 3 trials are too few for importances: said, not drawn
+    assert "optuna_importances" not in found and "needs at least 4 finished trials" in text
+
+
+def test_study_run_logged_report_and_plots_to_its_parent_run(work):
+    c = client(work)
+    exp = c.get_experiment_by_name("pareto")
+    parent = c.search_runs([exp.experiment_id], "tags.role = 'study'")[0]
+    files = {f.path for f in c.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/plots"} <= files
+    plots = {f.path for f in c.list_artifacts(parent.info.run_id, "report/plots")}
+    assert "report/plots/accuracy_per_epoch.png" in plots and "report/plots/optuna_history.png" in plots
+
+
+def test_compare_puts_two_studies_side_by_side(work):
+    proc = run_cli("report", "--compare", "pareto", "ema", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| Model"))
+    assert "pareto test acc %" in header and "ema test acc %" in header and "ema - pareto %" in header
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| Distilled student"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    means = []
+    for study in ("pareto", "ema"):
+        trials = distilled_by_trial(work, study)
+        means.append(max(statistics.fmean(r.data.metrics["final_test_acc"] for r in rs) for rs in trials.values()))
+    assert cells[1].split(" +- ")[0] == f"{means[0] * 100:.2f}"
+    assert cells[3] == f"{(means[1] - means[0]) * 100:+.2f}"
+    # the EMA study's runs are in the EMA group, the other study's in the no-EMA group
+    ema_row = next(line for line in proc.stdout.splitlines() if line.startswith("| EMA: distilled, EMA weights"))
+    assert ema_row.split("|")[2].strip() == "-"
+
+
+def test_compare_html_has_per_role_plots(work):
+    out = work / "compare.html"
+    proc = run_cli("report", "--compare", "pareto", "ema", "--format", "html", "--out", str(out), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert {"compare_teacher", "compare_baseline", "compare_distilled"} <= set(
+        re.findall(r"<img alt='([a-z_]+)'", out.read_text()))
+
+
+@pytest.mark.parametrize("args", [("pareto", "ema"), ("--compare", "pareto"), ("nosuch",),
+                                  ("--compare", "pareto", "ema", "--register", "x")])
+def test_report_misuse_is_one_line_exit_2(work, args):
+    proc = run_cli("report", *args, cwd=work)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_register_best_student_in_the_model_registry(work):
+    proc = run_cli("report", "pareto", "--register", "kd-best", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "registered kd-best version 1" in proc.stderr
+    c = client(work)
+    version = c.get_model_version("kd-best", "1")
+    run = c.get_run(version.run_id)
+    assert run.data.tags["role"] == "distilled" and version.tags["study"] == "pareto"
+    # the registered model (a torch.export graph), loaded back through MLflow, scores what the
+    # run logged on the same normalised test images (one image of slack for the memory layout)
+    import mlflow.pytorch
+    import torch
+
+    from kdsweep.core.data import DeviceLoader, load_dataset
+
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
+    model = mlflow.pytorch.load_model("models:/kd-best/1")
+    data = load_dataset("cifar10", work / "data")
+    loader = DeviceLoader(data.test_x, data.test_y, batch_size=16, device="cpu", mean=data.mean, std=data.std,
+                          train=False)
+    with torch.no_grad():
+        correct = sum(int((model(b.x).argmax(1) == b.y).sum()) for b in loader.epoch(0))
+    assert correct / len(data.test_y) == pytest.approx(run.data.metrics["final_test_acc"], abs=1 / 50 + 1e-9)
+    again = run_cli("report", "pareto", "--register", "kd-best", cwd=work)
+    assert "registered kd-best version 2" in again.stderr
+
+
+# ---------------------------------------------------------------- the rules, on numbers given here
+
+
+def test_spread_note_rule():
+    assert spread_note([0.02, 0.03]) == ""  # mean 2.5 points, spread 0.7
+    assert spread_note([0.05, -0.03]) == "change within the spread over seeds"
+    assert spread_note([0.01]) == ""  # one seed: no spread to compare with
+
+
+def test_difference_note_combines_both_spreads():
+    assert difference_note([0.50, 0.52], [0.60, 0.62]) == ""
+    assert difference_note([0.50, 0.56], [0.54, 0.58]) == "difference within the spread over seeds"
+    assert difference_note([0.5], [0.6]) == "one seed: spread unknown"
+
+
+def test_pareto_marks_only_undominated_trials():
+    pts = [TrialPoint(str(i), {}, [acc], [0.0], size, []) for i, (acc, size) in
+           enumerate([(0.6, 100), (0.7, 300), (0.5, 300), (0.6, 200), (0.7, 300)])]
+    mark_pareto(pts)
+    # trial 2 is worse and no smaller than 1; 3 as accurate as 0 but bigger; 1 and 4 tie (both kept)
+    assert [p.on_front for p in pts] == [True, True, False, False, True]
+
+
+def test_markdown_lists_pareto_only_when_sizes_differ():
+    row = Row("Teacher", "a x1", 10, [0.9], [0.8])
+    same = [TrialPoint("0", {"alpha": 0.5}, [0.5], [0.0], 100, [], True)]
+    report = Report("s", [row, row, row], [("g", [])], same, "note", "run")
+    assert "Pareto" not in render_markdown(report)
+    report.trials = same + [TrialPoint("1", {"alpha": 0.9}, [0.6], [0.1], 200, [], True)]
+    assert "## Pareto front" in render_markdown(report)
