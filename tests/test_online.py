@@ -124,6 +124,7 @@ def _spec(tmp_path: Path, teacher: dict) -> Path:
 @pytest.mark.parametrize("teacher, field", [
     ({"checkpoint": "s.yaml"}, "teacher.mode='online'"),
     ({"recipe": {"epochs": 5}}, "teacher.recipe.epochs=5"),
+    ({"seed": 3}, "teacher.seed=3"),
 ])
 def test_spec_refuses_what_an_online_teacher_cannot_do(tmp_path, monkeypatch, teacher, field):
     monkeypatch.chdir(tmp_path)

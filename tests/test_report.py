@@ -15,9 +15,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from click.testing import CliRunner
 from conftest import run_cli
 from tiny_layouts import write_cifar10
 
+from kdsweep.cli import main
 from kdsweep.tracking.render import difference_note, render_markdown
 from kdsweep.tracking.report import Report, Row, TrialPoint, mark_pareto, spread_note
 
@@ -52,6 +54,12 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
+def report(work: Path, *args: str):
+    """`kdsweep report ARGS` in-process (the studies themselves ran as real processes)."""
+    stores = ["--tracking-uri", f"sqlite:///{work}/mlruns/mlflow.db", "--storage", f"sqlite:///{work}/mlruns/optuna.db"]
+    return CliRunner().invoke(main, ["report", *args, *stores])
+
+
 def client(work: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
 
@@ -80,8 +88,8 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 
 
 def test_every_row_shows_mean_and_spread_over_seeds(work):
-    proc = run_cli("report", "pareto", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    proc = report(work, "pareto")
+    assert proc.exit_code == 0, proc.output
     rows = table_rows(proc.stdout)
     trials = distilled_by_trial(work, "pareto")
     best = max(trials.values(), key=lambda rs: statistics.fmean(r.data.metrics["final_test_acc"] for r in rs))
@@ -100,7 +108,7 @@ def test_every_row_shows_mean_and_spread_over_seeds(work):
 
 
 def test_pareto_front_is_listed_and_non_dominated(work):
-    proc = run_cli("report", "pareto", cwd=work)
+    proc = report(work, "pareto")
     section = proc.stdout.split("## Pareto front: accuracy vs student parameters", 1)[1]
     front = {line.split("|")[1].strip() for line in section.splitlines() if re.match(r"\| \d+ \|", line)}
     trials = distilled_by_trial(work, "pareto")
@@ -116,8 +124,8 @@ def test_pareto_front_is_listed_and_non_dominated(work):
 
 def test_html_report_embeds_the_plots(work):
     out = work / "report.html"
-    proc = run_cli("report", "pareto", "--format", "html", "--out", str(out), cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    proc = report(work, "pareto", "--format", "html", "--out", str(out))
+    assert proc.exit_code == 0, proc.output
     text = out.read_text()
     names = re.findall(r"<img alt='([a-z_]+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", text)
     found = {n for n, _ in names}
@@ -139,8 +147,8 @@ def test_study_run_logged_report_and_plots_to_its_parent_run(work):
 
 
 def test_compare_puts_two_studies_side_by_side(work):
-    proc = run_cli("report", "--compare", "pareto", "ema", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    proc = report(work, "--compare", "pareto", "ema")
+    assert proc.exit_code == 0, proc.output
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| Model"))
     assert "pareto test acc %" in header and "ema test acc %" in header and "ema - pareto %" in header
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| Distilled student"))
@@ -158,8 +166,8 @@ def test_compare_puts_two_studies_side_by_side(work):
 
 def test_compare_html_has_per_role_plots(work):
     out = work / "compare.html"
-    proc = run_cli("report", "--compare", "pareto", "ema", "--format", "html", "--out", str(out), cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    proc = report(work, "--compare", "pareto", "ema", "--format", "html", "--out", str(out))
+    assert proc.exit_code == 0, proc.output
     assert {"compare_teacher", "compare_baseline", "compare_distilled"} <= set(
         re.findall(r"<img alt='([a-z_]+)'", out.read_text()))
 
@@ -167,14 +175,14 @@ def test_compare_html_has_per_role_plots(work):
 @pytest.mark.parametrize("args", [("pareto", "ema"), ("--compare", "pareto"), ("nosuch",),
                                   ("--compare", "pareto", "ema", "--register", "x")])
 def test_report_misuse_is_one_line_exit_2(work, args):
-    proc = run_cli("report", *args, cwd=work)
-    assert proc.returncode == 2
+    proc = report(work, *args)
+    assert proc.exit_code == 2
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_register_best_student_in_the_model_registry(work):
-    proc = run_cli("report", "pareto", "--register", "kd-best", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    proc = report(work, "pareto", "--register", "kd-best")
+    assert proc.exit_code == 0, proc.output
     assert "registered kd-best version 1" in proc.stderr
     c = client(work)
     version = c.get_model_version("kd-best", "1")
@@ -195,7 +203,7 @@ def test_register_best_student_in_the_model_registry(work):
     with torch.no_grad():
         correct = sum(int((model(b.x).argmax(1) == b.y).sum()) for b in loader.epoch(0))
     assert correct / len(data.test_y) == pytest.approx(run.data.metrics["final_test_acc"], abs=1 / 50 + 1e-9)
-    again = run_cli("report", "pareto", "--register", "kd-best", cwd=work)
+    again = report(work, "pareto", "--register", "kd-best")  # the same name again: a new version
     assert "registered kd-best version 2" in again.stderr
 
 

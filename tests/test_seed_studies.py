@@ -66,6 +66,14 @@ def runs(work: Path, study: str, role: str | None = None) -> list:
     return client.search_runs([exp.experiment_id], query, max_results=1000)
 
 
+def report(work: Path, *args: str):
+    """`kdsweep report ARGS` in-process on the seed runs' stores."""
+    stores = ["--tracking-uri", f"sqlite:///{work}/mlruns/mlflow.db", "--storage", f"sqlite:///{work}/mlruns/optuna.db"]
+    result = CliRunner().invoke(main, ["report", *args, *stores])
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def history(work: Path, run_id: str, key: str) -> list[float]:
     client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
@@ -80,8 +88,7 @@ def test_epai_session29_cnns_early_stopping_and_summary_table(work, data):
     assert teacher.data.params["patience"] == distilled.data.params["patience"] == "1"
     # alpha in kdsweep's convention (KD weight), from the study's converted range 0.5..0.95
     assert 0.5 <= float(distilled.data.params["alpha"]) <= 0.95
-    report = run_cli("report", "epai-session29", cwd=work)
-    lines = report.stdout.splitlines()
+    lines = report(work, "epai-session29").stdout.splitlines()
     assert "Train acc %" in lines[2] and "Test acc %" in lines[2] and "Change %" in lines[2]
     change = next(line for line in lines if line.startswith("| Distilled")).split("|")[6].strip()
     assert change == f"{distilled.data.metrics['delta_vs_baseline'] * 100:+.2f}"
@@ -97,8 +104,7 @@ def test_teachernet_with_and_without_ema_compared(work, data):
         assert with_ema.data.params[key] == without.data.params[key]
     assert len(history(work, with_ema.info.run_id, "test_acc_ema")) == 2
     assert history(work, without.info.run_id, "test_acc_ema") == []
-    proc = run_cli("report", "--compare", "teachernet-noema", "teachernet-ema", cwd=work)
-    assert proc.returncode == 0, proc.stderr
+    proc = report(work, "--compare", "teachernet-noema", "teachernet-ema")
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| Distilled student"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     acc = [r.data.metrics["final_test_acc"] for r in (without, with_ema)]
@@ -155,8 +161,7 @@ def test_edge_ai_lab3_online_distillation_on_cifar100(work, data):
     assert len(history(work, teacher.info.run_id, "test_acc")) == 2
     m = distilled.data.metrics
     assert m["delta_vs_teacher"] == pytest.approx(m["final_test_acc"] - teacher.data.metrics["final_test_acc"])
-    report = run_cli("report", "edge-ai-lab3-cifar100", cwd=work)
-    assert "| Teacher (online, per seed) | resnet56 x0.5 |" in report.stdout
+    assert "| Teacher (online, per seed) | resnet56 x0.5 |" in report(work, "edge-ai-lab3-cifar100").stdout
 
 
 def test_download_layouts_match_the_readers():

@@ -214,6 +214,12 @@ class StudySpec(Strict):
     tracking_uri: str = DEFAULT_TRACKING_URI  # MLflow tracking URI
     artifacts: str = DEFAULT_ARTIFACTS  # artifact root for new MLflow experiments (local stores)
     device: str = "auto"
+    # teacher logits of every augmented view computed once and looked up by the trials (study/tables.py);
+    # auto: on when that takes fewer teacher forwards than running the teacher in every trial
+    teacher_table: Literal["auto", "on", "off"] = "auto"
+    # how distilled trials run their steps (core/step.py): auto = CUDA graph on a GPU, eager on the CPU;
+    # compile adds torch.compile (about 30 s once per process and shape, then faster steps)
+    accel: Literal["auto", "eager", "graph", "compile"] = "auto"
 
     @field_validator("seeds")
     @classmethod
@@ -269,6 +275,9 @@ class StudySpec(Strict):
     def _online_epochs_match(self) -> "StudySpec":
         # the online teacher steps on the student's batches; a different value set for it would be ignored
         if self.teacher.mode == "online":
+            if "seed" in self.teacher.model_fields_set:
+                raise ValueError(f"teacher.seed={self.teacher.seed!r}: an online teacher is trained once per seed in "
+                                 "seeds, with that seed; leave teacher.seed out")
             for name in ("epochs", "batch_size"):
                 t, s = getattr(self.teacher.recipe, name), getattr(self.student.recipe, name)
                 if name in self.teacher.recipe.model_fields_set and t != s:

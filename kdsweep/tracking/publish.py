@@ -117,11 +117,13 @@ def _image_size(client, run) -> int:
 def register_best(report: Report, tracking_uri: str, name: str, *, client=None):
     """Register the best distilled student (best trial, best seed) as a new version of model ``name``.
 
-    The weights are logged beside the run as an MLflow PyTorch model (``registered_model/``);
-    inputs are float NCHW images normalised with the training split's per-channel mean and std.
+    The weights are logged beside the run as an MLflow PyTorch model (``registered_model/``, a
+    torch.export graph); inputs are float NCHW images of the study's size, normalised with the
+    training split's per-channel mean and std.
     """
     import mlflow.pytorch
     import numpy as np
+    import torch
     from mlflow.exceptions import MlflowException
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -139,14 +141,19 @@ def register_best(report: Report, tracking_uri: str, name: str, *, client=None):
         path = Path(client.download_artifacts(run_id, files[0], tmp))
         payload = load_checkpoint(path)
         model = load_weights(path, payload["arch"], payload["width"], payload["num_classes"]).eval()
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, payload["num_classes"]))]))
-        # MLflow's default format is torch.export's pt2 (a traced graph, no pickled code), which
-        # traces with an example: two images of the study's size (batch > 1 keeps the batch dynamic)
+        # MLflow's default format is torch.export's pt2 (a traced graph, no pickled code). It traces
+        # with an example: two images (batch > 1 keeps the batch dynamic) of the study's size, which
+        # stays fixed (a dynamic height and width trace ~15x slower, for sizes never trained on)
         size = _image_size(client, run)
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, payload["num_classes"]))]))
         example = np.zeros((2, 3, size, size), dtype=np.float32)
         local = Path(tmp) / "registered_model"
-        mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=example)
+        # the graph needs torch alone; stating it skips MLflow's requirement inference (a subprocess
+        # that loads the model again)
+        torch_version = torch.__version__.split("+")[0]
+        mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=example,
+                                  pip_requirements=[f"torch=={torch_version}"])
         client.log_artifacts(run_id, str(local), artifact_path="registered_model")
     try:
         client.create_registered_model(name, description="kdsweep distilled students")
