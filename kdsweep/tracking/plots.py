@@ -88,8 +88,11 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
     if rest:
         ax.scatter([p for p, _ in rest], [100 * a for _, a in rest], c="0.6", s=18, label="dominated trials")
     ax.plot([p for p, _, _ in front], [100 * a for _, a, _ in front], "o-", c="C3", ms=5, label="Pareto front")
-    for p, a, label in front:
-        ax.annotate(label, (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    labels: dict[tuple[int, float], list[str]] = {}
+    for p, a, label in front:  # tied trials share one point: one label naming them all
+        labels.setdefault((p, a), []).append(label)
+    for (p, a), names in labels.items():
+        ax.annotate(", ".join(names), (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set(xlabel="student parameters", ylabel="final test accuracy %", title="accuracy vs student size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
