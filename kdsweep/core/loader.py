@@ -61,6 +61,23 @@ def augment(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Ten
                   rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
+@dataclass
+class EpochDraws:
+    """One epoch's random draws on the device; entry ``i`` belongs to the ``i``-th image visited."""
+
+    order: torch.Tensor  # int64 [N] image indices in visiting order
+    dx: torch.Tensor  # int64 [N] crop column offset in 0..2*pad
+    dy: torch.Tensor  # int64 [N] crop row offset
+    flips: torch.Tensor  # bool [N]
+    views: torch.Tensor  # int64 [N] offsets_to_view(dx, dy, flips, pad)
+
+    def copy_(self, other: "EpochDraws") -> "EpochDraws":
+        """Overwrite in place (a captured graph keeps reading the same buffers)."""
+        for name in ("order", "dx", "dy", "flips", "views"):
+            getattr(self, name).copy_(getattr(other, name))
+        return self
+
+
 class DeviceLoader:
     """Keeps a split on ``device`` as uint8 and yields normalised float batches; augments per image.
 
@@ -114,6 +131,15 @@ class DeviceLoader:
                 index = torch.arange(start, stop, device=self.device)
                 yield Batch(self.normalise(self.x[start:stop]), self.y[start:stop], index, None)
             return
+        draws = self.draws(epoch)
+        for start in range(0, len(self) * bs, bs):
+            yield self.batch_at(draws, slice(start, min(start + bs, n)))
+
+    def draws(self, epoch: int) -> EpochDraws:
+        """Epoch ``epoch``'s shuffle and augmentation draws, on the device (training loaders only)."""
+        if not self.train:
+            raise ValueError("draws() is for training loaders; an evaluation loader walks the split in order")
+        n = len(self.x)
         # draws on a CPU generator: device RNG streams differ across GPUs and torch versions
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         order = torch.randperm(n, generator=g)
@@ -122,9 +148,14 @@ class DeviceLoader:
         flips = torch.randint(0, 2, (n,), generator=g).bool() if self.flip else torch.zeros(n, dtype=torch.bool)
         views = offsets_to_view(dx, dy, flips, self.pad)
         # one host-to-device copy per epoch; per step only slices of these
-        order, dx, dy, flips, views = (t.to(self.device) for t in (order, dx, dy, flips, views))
-        for start in range(0, len(self) * bs, bs):
-            s = slice(start, min(start + bs, n))
-            index = order[s]
-            images = augment(self.x[index], dx[s], dy[s], flips[s], self.pad)
-            yield Batch(self.normalise(images), self.y[index], index, views[s])
+        return EpochDraws(*(t.to(self.device) for t in (order, dx, dy, flips, views)))
+
+    def batch_at(self, draws: EpochDraws, pos: slice | torch.Tensor) -> Batch:
+        """The training batch at positions ``pos`` of an epoch's draws.
+
+        ``pos`` is a slice (the eager loop) or a device tensor of positions (a captured CUDA graph
+        computes them on the device from a step counter); both give the same batch.
+        """
+        index = draws.order[pos]
+        images = augment(self.x[index], draws.dx[pos], draws.dy[pos], draws.flips[pos], self.pad)
+        return Batch(self.normalise(images), self.y[index], index, draws.views[pos])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +27,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
-from kdsweep.core.losses import kd_loss
 from kdsweep.core.models import build_model, count_params
+from kdsweep.core.step import StepRunner
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.errors import KdsweepError
+
+
+_INIT_LOCK = threading.Lock()
 
 
 class DivergedError(KdsweepError):
@@ -176,11 +180,14 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     checkpoint_path: Path | None = None,
     model: nn.Module | None = None,
+    accel: str = "auto",
 ) -> TrainResult:
     """Train ``cfg.arch`` on ``data``; distil from ``teacher`` when ``cfg.alpha > 0``.
 
     ``on_epoch`` is called after each epoch (after the checkpoint is written); it may raise to
     stop the run (Optuna pruning raises TrialPruned through here untouched).
+    ``accel`` picks how steps run (kdsweep.core.step): ``auto`` captures each step as a CUDA graph
+    on CUDA and runs eagerly elsewhere; ``eager``, ``graph`` and ``compile`` force a mode.
     """
     if cfg.distills and teacher is None:
         raise ValueError(f"alpha={cfg.alpha!r} needs a teacher")
@@ -188,9 +195,10 @@ def train(
     channels_last = cfg.channels_last if cfg.channels_last is not None else True
     autocast = autocast_for(cfg, device)
 
-    torch.manual_seed(cfg.seed)
-    if model is None:
-        model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+    with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
+        torch.manual_seed(cfg.seed)
+        if model is None:
+            model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -202,7 +210,11 @@ def train(
         data.train_x, data.train_y, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
         pad=4 if cfg.augment else 0, flip=cfg.augment, **common,
     )
-    test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=max(cfg.batch_size, 512), train=False, **common)
+    # big evaluation batches on a GPU: fewer launches per epoch-end evaluation
+    eval_batch = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
+    test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=eval_batch, train=False, **common)
+    if teacher is not None and hasattr(teacher, "for_run"):
+        teacher = teacher.for_run(data.identity, train_loader)  # a logit table only where it covers these batches
     steps = len(train_loader)
     if steps == 0:
         raise KdsweepError(
@@ -228,34 +240,17 @@ def train(
             history = [EpochMetrics(**m) for m in saved["history"]]
             best, bad_epochs, start_epoch = saved["best"], saved["bad_epochs"], saved["epoch"]
 
+    runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
+                        teacher, accel=accel)
     stopped_early = False
     if cfg.patience and bad_epochs >= cfg.patience:
         stopped_early = True
     model.train()
     for epoch in range(start_epoch, cfg.epochs if not stopped_early else start_epoch):
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            torch.cuda.current_stream(device).synchronize()  # this run's stream only: trials may share the GPU
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for batch in train_loader.epoch(epoch):
-            with autocast():
-                teacher_logits = teacher(batch) if cfg.distills else None
-                logits = model(batch.x)
-            loss = kd_loss(
-                logits, batch.y, teacher_logits, alpha=cfg.alpha, temperature=cfg.temperature,
-                label_smoothing=cfg.label_smoothing,
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * batch.y.numel()
-            correct += (logits.detach().argmax(1) == batch.y).sum()
-            seen += batch.y.numel()
+        loss_sum, correct, seen = runner.run_epoch(epoch)
         train_loss = loss_sum.item() / seen  # the epoch's one host sync
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
@@ -284,6 +279,7 @@ def train(
     return TrainResult(
         model=model, ema_model=ema, history=history, num_params=count_params(model),
         stopped_early=stopped_early, resumed_from_epoch=start_epoch,
+        extras={"cuda_graph": float(runner.graph is not None)},
     )
 
 

@@ -164,7 +164,7 @@ class Objective:
             if online is not None:
                 result = online.train(cfg, on_epoch)
             else:
-                result = train(cfg, self.data, teacher=self.source, on_epoch=on_epoch,
+                result = train(cfg, self.data, teacher=self.source, on_epoch=on_epoch, accel=self.spec.accel,
                                checkpoint_path=self.workdir / "progress" / f"distilled-{key}.pt")
         except optuna.TrialPruned as exc:
             for rid in [run_id] + ([online.run_id] if online else []):

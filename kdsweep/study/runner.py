@@ -16,10 +16,9 @@ from optuna.trial import TrialState
 
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet, load_dataset
-from kdsweep.core.teachers import OnlineTeacher
 from kdsweep.core.trainer import resolve_device
 from kdsweep.errors import StudyError
-from kdsweep.study import coordination, recovery, space
+from kdsweep.study import coordination, recovery, space, tables
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective, StopStudy
 from kdsweep.study.recorder import Recorder
@@ -143,7 +142,9 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
         teacher = get_teacher(spec, data, recorder, workdir, device, locks)
         study.set_user_attr("teacher_test_acc", teacher.test_acc)
 
-    objective = Objective(spec, data, OnlineTeacher(teacher.model) if teacher else None, teacher,
+    source = tables.teacher_source(spec, data, teacher.model, device=device, workdir=workdir,
+                                   locks=locks) if teacher else None
+    objective = Objective(spec, data, source, teacher,
                           recorder=recorder, workdir=workdir, device=device, locks=locks)
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.

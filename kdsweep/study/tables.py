@@ -1,0 +1,48 @@
+"""Which teacher source a study's distilled trials use: the online teacher or its view table.
+
+The table (kdsweep.core.teachers) runs the teacher once on every augmented view of every
+training image, ``num_views(4) = 162`` forwards per image; online, the teacher runs once per
+image per epoch of every distilled training, ``n_trials * len(seeds) * epochs`` forwards per
+image. ``teacher_table: auto`` builds the table when it is the cheaper of the two, on any
+device; ``on`` and ``off`` force it. Tables are saved under ``workdir/tables`` keyed by teacher
+weights, data, augmentation and precision, so a rerun or another study with the same teacher
+and data reads the file instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdsweep.core.data import ImageSet, num_views
+from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherSource, table_for
+from kdsweep.study.coordination import Locks, ProcessLocks
+from kdsweep.study.spec import StudySpec
+
+PAD = 4  # the trainer's augmentation: 4-pixel pad, random crop, flip
+
+
+def wants_table(spec: StudySpec) -> bool:
+    """Whether the study's trials should read teacher logits from a view table."""
+    recipe = spec.student.recipe
+    if spec.teacher_table == "off" or spec.teacher.mode != "pretrained" or not recipe.augment:
+        return False  # no fixed teacher, or no augmented views to tabulate
+    if spec.teacher_table == "on":
+        return True
+    online_passes = spec.n_trials * len(spec.seeds) * recipe.epochs
+    return online_passes >= num_views(PAD)
+
+
+def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *, device: str, workdir: Path,
+                   locks: Locks = ProcessLocks()) -> TeacherSource:
+    """The online teacher (BatchNorm folded), or a table in front of it when :func:`wants_table`."""
+    online = OnlineTeacher(teacher, fold_bn=True)
+    if not wants_table(spec):
+        return online
+    dev = torch.device(device)
+    precision = spec.student.recipe.precision
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    with locks.hold(f"teacher-table:{spec.name}"):  # workers of one study: one computes, the others read
+        table = table_for(online, data, device=dev, bf16=bf16, pad=PAD, cache_dir=Path(workdir) / "tables")
+    return TableTeacher(table, online)

@@ -1,0 +1,114 @@
+"""Teacher sources: the view table returns what the online teacher computes, keyed and cached safely."""
+
+import copy
+
+import pytest
+import torch
+
+from kdsweep.core.config import TrainConfig
+from kdsweep.core.data import DeviceLoader, num_views, synthetic_imageset
+from kdsweep.core.models import build_model
+from kdsweep.core.teachers import (
+    OnlineTeacher, TableTeacher, TeacherTable, fold_batchnorm, table_for, table_key, weights_digest,
+)
+from kdsweep.core.trainer import train
+from kdsweep.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_imageset(n_train=48, n_test=16, num_classes=4, size=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    net = build_model("resnet8", num_classes=4, width=0.5)
+    # a few steps of BN statistics so eval-mode BN is not the identity (folding must handle it)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(16, 3, 16, 16) * 2 + 0.5)
+    return OnlineTeacher(net.eval())
+
+
+@pytest.fixture(scope="module")
+def table(teacher, data):
+    return table_for(teacher, data, device="cpu", bf16=False, channels_last=True)
+
+
+def _train_loader(data, seed=0, pad=4):
+    return DeviceLoader(data.train_x, data.train_y, batch_size=16, device="cpu", mean=data.mean, std=data.std,
+                        train=True, seed=seed, pad=pad, channels_last=True)
+
+
+def test_table_covers_every_view_of_every_image(table, data):
+    assert table.logits.shape == (48, num_views(4), 4) == (48, 162, 4)
+    assert torch.isfinite(table.logits).all()
+
+
+def test_looked_up_logits_equal_recomputed_ones(table, teacher, data):
+    source = TableTeacher(table, teacher)
+    loader = _train_loader(data, seed=7)
+    assert source.for_run(data.identity, loader) is source
+    checked = 0
+    for epoch in range(2):
+        for batch in loader.epoch(epoch):
+            looked_up = source(batch)
+            recomputed = teacher(batch)  # the online teacher on the very tensor the student sees
+            torch.testing.assert_close(looked_up, recomputed, rtol=1e-5, atol=1e-5)
+            checked += len(batch.y)
+            # the lookup must depend on the view: a neighbouring view gives other logits
+            other = table.lookup(batch.index, (batch.view + 2) % num_views(4))
+            assert (other - recomputed).abs().max() > 1e-3
+    assert checked == 2 * 48
+
+
+def test_table_key_follows_weights_data_pad_and_precision(teacher, data):
+    def key(model=teacher.model, ident=data.identity, pad=4, precision="fp32"):
+        return table_key(model, ident, pad=pad, mean=data.mean, std=data.std, precision=precision)
+
+    changed = copy.deepcopy(teacher.model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert key() == key()
+    assert len({key(), key(model=changed), key(ident="other"), key(pad=2), key(precision="bf16")}) == 5
+    assert weights_digest(teacher.model) == weights_digest(copy.deepcopy(teacher.model))
+
+
+def test_table_cache_is_reused_and_keyed(teacher, tmp_path):
+    data = synthetic_imageset(n_train=6, n_test=2, num_classes=4, size=16, seed=4)
+    first = table_for(teacher, data, device="cpu", bf16=False, cache_dir=tmp_path)
+    files = list(tmp_path.glob("teacher-table-*.pt"))
+    assert len(files) == 1 and first.key in files[0].name
+    again = table_for(teacher, data, device="cpu", bf16=False, cache_dir=tmp_path)
+    assert torch.equal(first.logits, again.logits)
+    with pytest.raises(CheckpointError, match="not 'someotherkey'"):
+        TeacherTable.load(files[0], key="someotherkey")
+
+
+def test_batches_outside_the_table_go_to_the_online_teacher(table, teacher, data):
+    source = TableTeacher(table, teacher)
+    assert source.for_run(data.identity, _train_loader(data, pad=0)) is teacher  # augmentation off
+    assert source.for_run("another data set", _train_loader(data)) is teacher
+    test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=8, device="cpu", mean=data.mean, std=data.std,
+                               train=False)
+    batch = next(test_loader.epoch(0))
+    torch.testing.assert_close(source(batch), teacher(batch))  # no view: computed online
+
+
+def test_training_with_the_table_matches_training_with_the_online_teacher(table, teacher, data):
+    cfg = TrainConfig(arch="resnet8", width=0.25, epochs=2, batch_size=16, lr=0.05, alpha=0.9, temperature=4.0,
+                      device="cpu")
+    online = train(cfg, data, teacher=teacher)
+    looked_up = train(cfg, data, teacher=TableTeacher(table, teacher))
+    for a, b in zip(online.history, looked_up.history):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+
+
+def test_folding_batchnorm_keeps_the_function(teacher):
+    x = torch.randn(8, 3, 16, 16)
+    folded = fold_batchnorm(teacher.model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), teacher.model(x), rtol=1e-4, atol=1e-5)
