@@ -46,8 +46,11 @@ class Probe(nn.Module):
         return out * float("nan") if self.behaviour == "nan" else out
 
 
-if "probe" not in MODELS:
-    MODELS.register("probe")(lambda num_classes, width=1.0, in_channels=3: Probe(num_classes, BEHAVIOUR[width]))
+@pytest.fixture(autouse=True)
+def probe_model(monkeypatch):
+    """``probe`` in the model registry for this module's tests only (others iterate over MODELS)."""
+    monkeypatch.setitem(MODELS._items, "probe",
+                        lambda num_classes, width=1.0, in_channels=3: Probe(num_classes, BEHAVIOUR[width]))
 
 
 def probe_spec(folder: Path, subset_root: Path, **overrides) -> Path:
