@@ -51,12 +51,15 @@ def test_server_start_serves_a_study_and_stops_cleanly(tmp_path, subset_root):
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "kdsweep", "server", "start", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "kdsweep", "server", "start", "--port", str(port), "--workers", "1"],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert read_until(server, "MLflow UI:", 300).split()[2] == url
         assert healthy(url)
-        spec = write_spec(tmp_path / "spec.yaml", subset_root, name="served", n_trials=1, student=STUDENT)
+        one_epoch = {"epochs": 1, "batch_size": 64, "lr": 0.05}
+        spec = write_spec(tmp_path / "spec.yaml", subset_root, name="served", n_trials=1,
+                          teacher={"arch": "resnet8", "width": 1.0, "recipe": one_epoch},
+                          student={**STUDENT, "recipe": one_epoch})
         result = run_cli("study", "run", str(spec), "--tracking-uri", url, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
 

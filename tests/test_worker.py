@@ -177,9 +177,8 @@ def test_two_workers_finish_exactly_n_trials_and_train_the_teacher_once(tmp_path
 
 def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, subset_root, postgres_url, mlflow_server):
     tracking = mlflow_server()
-    student = {**STUDENT, "recipe": {**STUDENT["recipe"], "epochs": 3}}
     spec = write_spec(tmp_path / "spec.yaml", subset_root, name="killed", n_trials=2, storage=postgres_url,
-                      tracking_uri=tracking, student=student)
+                      tracking_uri=tracking, student=STUDENT)
 
     def running() -> list:
         try:
