@@ -54,13 +54,14 @@ def mid_second_trial(trials) -> bool:
             and 1 in trials[1].intermediate_values)
 
 
-def runs(folder: Path) -> dict[str, list]:
+def runs(folder: Path, study: str | None = "resume") -> dict[str, list]:
+    """MLflow runs by role, of one study's experiment (``None``: of every experiment)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("resume")
+    ids = [e.experiment_id for e in client.search_experiments() if study is None or e.name == study]
     out: dict[str, list] = {}
-    for run in client.search_runs([exp.experiment_id], max_results=1000):
+    for run in client.search_runs(ids, max_results=1000):
         out.setdefault(run.data.tags["role"], []).append(run)
     return out
 
@@ -153,9 +154,11 @@ def test_same_spec_and_seed_give_identical_metrics_and_resume_changes_nothing(re
 
 
 def test_ctrl_c_marks_the_trial_says_how_to_resume_and_the_rerun_continues_it(resumed, subset_root):
-    """SIGINT mid-trial, in the same folder: teacher reused, a new seed so the trial trains afresh."""
-    spec = write_spec(resumed / "interrupt.yaml", subset_root, name="interrupt", n_trials=1, seeds=[1],
-                      teacher=TEACHER, student=STUDENT, data={**DATA, "root": str(subset_root)})
+    """SIGINT mid-trial, in the same folder: teacher and baseline reused; another temperature range,
+    so the trial's config (and checkpoint) differs from the finished trials'."""
+    spec = write_spec(resumed / "interrupt.yaml", subset_root, name="interrupt", n_trials=1,
+                      teacher=TEACHER, student=STUDENT, data={**DATA, "root": str(subset_root)},
+                      search={"temperature": {"low": 7.0, "high": 8.0}})
     storage = f"sqlite:///{resumed}/mlruns/optuna.db"
 
     def running_past_epoch_1() -> bool:
@@ -184,20 +187,21 @@ def test_ctrl_c_marks_the_trial_says_how_to_resume_and_the_rerun_continues_it(re
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{resumed}/mlruns/mlflow.db")
-    run_id = trial.user_attrs["mlflow_run_id_seed1"]
+    run_id = trial.user_attrs["mlflow_run_id_seed0"]
     assert client.get_run(run_id).info.status == "KILLED"  # not left RUNNING
-    before = runs(resumed)
+    before = runs(resumed, None)
 
     again = run_cli("study", "run", spec.name, cwd=resumed, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     first, retry = optuna.load_study(study_name="interrupt", storage=storage).trials
     assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert retry.params == first.params and retry.user_attrs["mlflow_run_id_seed1"] == run_id
+    assert retry.params == first.params and retry.user_attrs["mlflow_run_id_seed0"] == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert [s for s, _ in history(resumed, run_id, "train_loss")] == [1, 2, 3]  # went on from epoch 1
-    after = runs(resumed)
+    after = runs(resumed, None)
     assert len(after["teacher"]) == len(before["teacher"]) == 1  # one teacher for both studies
+    assert len(after["baseline"]) == 1  # and one baseline
 
 
 def test_sigterm_stops_like_ctrl_c_and_closes_the_run_in_progress(tmp_path, subset_root):
