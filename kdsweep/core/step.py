@@ -37,7 +37,9 @@ from kdsweep.core.losses import kd_loss
 ACCELS = ("auto", "eager", "graph", "compile")
 
 # One capture at a time in a process: a capture's start synchronises the device and empties the
-# allocator's cache, which would invalidate another thread's capture in flight (trials in threads).
+# allocator's cache, which would invalidate another thread's capture in flight. Not enough for
+# trials in threads: on an H100 captures still failed while another thread trained (see
+# docs/PERFORMANCE.md), so one process runs one trial at a time.
 _CAPTURE_LOCK = threading.Lock()
 
 
