@@ -104,6 +104,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def use_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """channels_last by default on CUDA; on the CPU only when no conv is narrower than 16 channels.
+
+    On the CPU (oneDNN 3.12 in torch 2.14.1) channels_last speeds resnet20 up ~1.5x, but the
+    weight gradient of a 1x1 stride-2 conv with fewer than 8 input channels (the shortcut of an
+    x0.25 CIFAR ResNet) overruns a buffer there: heap corruption, hangs or wrong gradients were
+    seen. So narrow models stay in the default layout on the CPU.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return bool(widths) and min(widths) >= 16
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if not use_bf16:
@@ -192,7 +208,6 @@ def train(
     if cfg.distills and teacher is None:
         raise ValueError(f"alpha={cfg.alpha!r} needs a teacher")
     device = resolve_device(cfg.device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else True
     autocast = autocast_for(cfg, device)
 
     with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
@@ -200,6 +215,7 @@ def train(
         if model is None:
             model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
     model.to(device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else use_channels_last(model, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if teacher is not None:
