@@ -79,3 +79,16 @@ def test_unreachable_server_fails_fast_naming_the_uri():
     with pytest.raises(TrackingError, match=f"127.0.0.1:{port}"):
         check_reachable(f"http://127.0.0.1:{port}")
     assert time.monotonic() - t0 < 15
+
+
+def test_spec_artifact_hides_database_passwords(recorder):
+    from kdsweep.tracking.logger import redact_passwords
+
+    assert redact_passwords('"postgresql://kd:p4ss-w.rd@127.0.0.1:5432/optuna"') == \
+        '"postgresql://kd:***@127.0.0.1:5432/optuna"'
+    assert redact_passwords("sqlite:///mlruns/optuna.db http://127.0.0.1:5000") == \
+        "sqlite:///mlruns/optuna.db http://127.0.0.1:5000"
+    recorder.parent_id = None
+    recorder.begin_study("s2", {"spec": {"storage": "postgresql://kd:topsecret@127.0.0.1/optuna"}})
+    text = MlflowClient(recorder.uri).download_artifacts(recorder.parent_id, "spec.json", str(recorder.workdir))
+    assert "topsecret" not in Path(text).read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,11 @@ MAX_PARAM = 6000  # MLflow's limit on a param value's length
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def redact_passwords(text: str) -> str:
+    """Hide the password of every ``scheme://user:password@host`` URL (storage URLs carry them)."""
+    return re.sub(r"(://[^/:@\s\"']+):[^@\s\"']+@", r"\1:***@", text)
 
 
 def quiet_mlflow_logs() -> None:
@@ -133,7 +139,8 @@ class MlflowRecorder:
                 "student_arch": spec.get("student", {}).get("arch"),
                 "dataset": spec.get("data", {}).get("dataset"), "data_identity": params.get("data_identity")}
         self._log_params(self.parent_id, flat)
-        self.client.log_text(self.parent_id, json.dumps(params, indent=2, default=str), "spec.json")
+        text = redact_passwords(json.dumps(params, indent=2, default=str))
+        self.client.log_text(self.parent_id, text, "spec.json")
 
     def end_study(self, summary: dict[str, Any]) -> None:
         if self.parent_id is None:
