@@ -6,7 +6,6 @@ continues the study: finished trials are kept and only the missing ones are run.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +179,3 @@ def summarize(study: optuna.Study, teacher_acc: float | None) -> StudyOutcome:
         teacher_acc=teacher_acc,
     )
 
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
