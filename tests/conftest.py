@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -41,6 +44,32 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "kdsweep", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, timeout: float,
+                log: Path | None = None) -> None:
+    """Send ``sig`` to ``proc`` at a moment when ``ready()`` holds.
+
+    The process is paused (SIGSTOP) while ``ready()`` looks, so it cannot move on between the look
+    and the signal: on a fast machine a tiny epoch, or a whole trial, ends in milliseconds. A signal
+    sent while paused is delivered when the process continues.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        output = log.read_text() if log else ""
+        assert proc.poll() is None, f"the process ended before the moment came:\n{output}"
+        assert time.monotonic() < deadline, f"the moment never came in {timeout:.0f}s:\n{output}"
+        os.kill(proc.pid, signal.SIGSTOP)
+        hit = False
+        try:
+            hit = ready()
+            if hit:
+                os.kill(proc.pid, sig)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        if hit:
+            return
+        time.sleep(0.05)
 
 
 def write_spec(path: Path, data_root: Path, **overrides) -> Path:

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, write_spec
+from conftest import signal_when, write_spec
 from kdsweep.study import coordination
 from kdsweep.study.storage import open_storage
 
@@ -86,6 +86,28 @@ def test_stale_running_trial_is_failed_and_retried(postgres_url):
     assert ran == 2
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_retried(backend, request, tmp_path):
+    """Killed between ``ask()`` and the objective's first line: no heartbeat, no ``worker``."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path}/o.db"
+    study = open_shared(url, "orphan", heartbeat=60)  # a heartbeat would take a minute to notice
+    study.enqueue_trial({"x": 0.25})  # a queued retry: it has its parameters before the objective runs
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        queued = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        fresh = study.ask()  # no parameters yet: it did no work
+    # 30 s: without the orphan check the loop would wait for the two RUNNING trials until then
+    ran = coordination.run_trials(study, quick_objective, n_trials=2, locks=coordination.locks_for(url),
+                                  make_sampler=lambda n: optuna.samplers.RandomSampler(seed=n), poll=0.2,
+                                  timeout=30)
+    trials = open_shared(url, "orphan", heartbeat=60).trials
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+    assert "died as trial 1 started" in trials[fresh.number].user_attrs["fail_reason"]
+    assert [t.state for t in trials[2:]] == [TrialState.COMPLETE, TrialState.COMPLETE] and ran == 2
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == queued.number]
+    assert len(retry) == 1 and retry[0].params == {"x": 0.25}  # the queued parameters came back
+    assert not [t for t in trials if t.system_attrs.get("failed_trial") == fresh.number]
+
+
 def test_advisory_lock_excludes_another_session(postgres_url):
     import sqlalchemy
 
@@ -116,6 +138,16 @@ def start_worker(spec: Path, workdir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "worker", str(spec), *extra],
                             cwd=workdir, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(worker: subprocess.Popen, timeout: float) -> str:
+    """The worker's output once it exits; a worker still running after ``timeout`` fails the test
+    with what it printed, instead of a bare TimeoutExpired."""
+    try:
+        return worker.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        raise AssertionError(f"worker still running after {timeout:.0f}s:\n{worker.communicate()[0][-4000:]}") from None
 
 
 def wait_for(check, timeout: float, what: str) -> None:
@@ -158,7 +190,7 @@ def test_two_workers_finish_exactly_n_trials_and_train_the_teacher_once(tmp_path
         workers = [start_worker(spec, tmp_path / f"machine{i}") for i in range(2)]
         wait_for(lambda: waiting_on_advisory_locks(optuna_url) == 2 or any(w.poll() is not None for w in workers),
                  240, "both workers to reach the study")
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    outputs = [finish(w, 600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
 
     trials = optuna.load_study(study_name="pair", storage=optuna_url).trials
@@ -188,15 +220,24 @@ def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, subset_ro
         return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
 
     first = start_worker(spec, tmp_path / "a", "--heartbeat", "1")
-    wait_for(lambda: running() or first.poll() is not None, 300, "the first worker's trial")
-    assert first.poll() is None, first.communicate()[0]
-    killed = running()[0].number
-    os.kill(first.pid, signal.SIGKILL)  # no cleanup, no tell(): the trial stays RUNNING
-    first.communicate()
+    seen: list = []
+
+    def trial_running() -> bool:  # and past its start: its parameters drawn, so a retry repeats them
+        seen[:] = [t for t in running() if t.params]
+        return bool(seen)
+
+    try:  # no cleanup, no tell(): the trial stays RUNNING
+        signal_when(first, trial_running, signal.SIGKILL, 300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        output = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL, output
+    killed = seen[0].number
     assert [t.number for t in running()] == [killed]
 
     second = start_worker(spec, tmp_path / "b", "--heartbeat", "1")
-    out = second.communicate(timeout=600)[0]
+    out = finish(second, 600)
     assert second.returncode == 0, out
 
     trials = optuna.load_study(study_name="killed", storage=postgres_url).trials

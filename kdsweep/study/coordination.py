@@ -8,7 +8,8 @@ through the database they already share, with nothing home-made on the side:
   baseline are trained under a lock named after their config fingerprint, so the first worker
   trains and the others wait and then reuse its run.
 - ``run_trials``: before each new trial a worker takes the study's claim lock, fails trials whose
-  heartbeat stopped (Optuna then enqueues a retry), counts finished and running trials, and
+  heartbeat stopped (Optuna then enqueues a retry) and trials whose process died before its
+  first heartbeat (``fail_unclaimed``), counts finished and running trials, and
   asks for a new trial only while the study holds fewer than ``n_trials``. So N workers finish
   exactly ``n_trials`` trials between them.
 - SQLite takes one writer at a time: ``single_writer`` refuses a second kdsweep process on the
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,6 +31,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from kdsweep.errors import StudyError
+from kdsweep.study import recovery
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -157,6 +158,34 @@ def fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def fail_unclaimed(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials that have no ``worker`` attribute; call it holding the claim lock.
+
+    A trial's process holds the claim lock from before ``ask()`` until it sets ``worker`` (first
+    line of the objective), and Optuna's heartbeat thread records its first beat in that same
+    window. So a RUNNING trial without ``worker``, seen under the lock, belongs to a process that
+    died in between: it has no heartbeat either, and nothing else would ever fail it. A trial
+    that already had parameters (a queued retry) is queued again; one without did no work.
+    Returns the numbers of the trials failed.
+    """
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker" in trial.user_attrs:
+            continue
+        storage = study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                                        f"its process died as trial {trial.number} started")
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        if trial.params:
+            recovery.retry(study, trial)
+    return failed
+
+
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, n_trials: int,
                locks: Locks, make_sampler: Callable[[int], optuna.samplers.BaseSampler],
                timeout: float | None = None, poll: float = 2.0,
@@ -176,6 +205,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
         claim = ClaimedObjective(objective, locks.hold(f"claim:{study.study_name}"))
         with claim:
             fail_stale(study)
+            fail_unclaimed(study)
             finished, running = count(study)
             if finished >= n_trials:
                 break
@@ -213,12 +243,6 @@ class ClaimedObjective:
         self.release()
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("worker", recovery.owner())
         self.release()
         return self.objective(trial)
-
-
-def worker_id() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
