@@ -2,7 +2,7 @@
 
     python benchmarks/kd_step.py --device cpu            # this machine: small sizes
     python benchmarks/kd_step.py --device cuda           # a GPU: CIFAR sizes
-    python benchmarks/kd_step.py --device cuda --sections trial,study --jobs 1,2,4
+    python benchmarks/kd_step.py --device cuda --sections trial,study --jobs 1,2,4 --packing processes
 
 Sections (``--sections``, comma separated; default ``seed,online,table``):
   seed    the seed projects' loop: a torchvision-style Dataset of PIL images, RandomCrop(32, 4) +
@@ -14,7 +14,8 @@ Sections (``--sections``, comma separated; default ``seed,online,table``):
   trial   one whole ``--trial-epochs`` trial on ``--images`` CIFAR-shaped images, table teacher:
           wall time of the first (cold) and of a second (warm) trial in this process.
   study   ``--study-trials`` trials with varied temperature/alpha/lr, for each ``--jobs`` K as K
-          threads (one CUDA stream each) and, with ``--processes``, as K processes; trials per hour.
+          threads of this process (one CUDA stream each) and/or K fresh processes (``--packing``);
+          trials per hour. Process rows include each process's cold start (data, table, capture).
 
 Images are generated (kdsweep.core.data.synthetic_imageset) unless ``--data-root`` points at a
 CIFAR-10 folder; speed does not depend on the pixel values, and teachers are untrained for the
@@ -220,7 +221,7 @@ def bench_study(args, data, source, device: torch.device) -> list[dict]:
     rows = []
     n = args.study_trials
     _one_trial(args, data, source, device, 10_000, epochs=1)  # warm the process (cuDNN plans, compile)
-    for k in args.jobs:
+    for k in args.jobs if "threads" in args.packing else []:
         sync(device)
         t0 = time.perf_counter()
         with futures.ThreadPoolExecutor(max_workers=k) as pool:
@@ -231,19 +232,20 @@ def bench_study(args, data, source, device: torch.device) -> list[dict]:
                                 f"x{args.student_width}, {k} thread(s), accel={args.trial_accel}", "seconds": wall,
                      "trials_per_hour": n * 3600 / wall})
         log("partial: " + json.dumps(rows[-1]))
-    if args.processes:
+    if "processes" in args.packing:
         for k in args.jobs:
-            if k == 1:
-                continue
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "--device", str(device), "--sections", "worker", "--worker-trials",
-                   str(n // k), "--student-width", str(args.student_width), "--trial-epochs", str(args.trial_epochs),
+                   str(n // k), "--student", args.student, "--student-width", str(args.student_width),
+                   "--teacher", args.teacher, "--teacher-width", str(args.teacher_width), "--trial-epochs", str(args.trial_epochs),
                    "--images", str(args.images), "--batch-size", str(args.batch_size), "--test-images",
-                   str(args.test_images)]
+                   str(args.test_images), "--trial-accel", args.trial_accel]
             procs = [subprocess.Popen(cmd) for _ in range(k)]
             codes = [p.wait() for p in procs]
             wall = time.perf_counter() - t0
-            rows.append({"variant": f"study: {n // k * k} trials, {k} processes (cold starts included)",
+            rows.append({"variant": f"study: {n // k * k} trials x {args.trial_epochs} epochs, {args.student} "
+                                    f"x{args.student_width}, {k} process(es) (cold starts included), "
+                                    f"accel={args.trial_accel}",
                          "seconds": wall, "trials_per_hour": n // k * k * 3600 / wall, "exit_codes": codes})
             log("partial: " + json.dumps(rows[-1]))
     return rows
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trial-accel", default="auto")
     p.add_argument("--study-trials", type=int, default=16)
     p.add_argument("--jobs", default="1", help="study section: concurrent trials to try, comma separated")
-    p.add_argument("--processes", action="store_true", help="study section: also as K processes")
+    p.add_argument("--packing", default="threads",
+                   help="study section: run K trials at once as threads, processes, or threads,processes")
     p.add_argument("--worker-trials", type=int, default=0)
     p.add_argument("--data-root", type=Path)
     p.add_argument("--out", type=Path, help="also write every row as JSON here")
