@@ -212,9 +212,13 @@ def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, subset_ro
     spec = write_spec(tmp_path / "spec.yaml", subset_root, name="killed", n_trials=2, storage=postgres_url,
                       tracking_uri=tracking, student=STUDENT)
 
+    # one storage, one connection pool, for all the polling below (a new storage per look opened a
+    # pool each time and ran PostgreSQL out of connections); made before any worker exists
+    storage = optuna.storages.RDBStorage(postgres_url)
+
     def running() -> list:
         try:
-            study = optuna.load_study(study_name="killed", storage=postgres_url)
+            study = optuna.load_study(study_name="killed", storage=storage)
         except KeyError:
             return []
         return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
