@@ -56,9 +56,9 @@ def signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, tim
     """
     deadline = time.monotonic() + timeout
     while True:
-        output = log.read_text() if log else ""
-        assert proc.poll() is None, f"the process ended before the moment came:\n{output}"
-        assert time.monotonic() < deadline, f"the moment never came in {timeout:.0f}s:\n{output}"
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            why = "the process ended" if proc.poll() is not None else f"{timeout:.0f} s passed"
+            raise AssertionError(f"{why} before the moment came:\n{log.read_text() if log else ''}")
         os.kill(proc.pid, signal.SIGSTOP)
         hit = False
         try:
