@@ -68,7 +68,8 @@ def resolve_accel(accel: str, device: torch.device) -> tuple[bool, bool]:
     return accel == "compile", cuda and accel in ("graph", "compile")
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The bf16 autocast context of this run (bf16 by default on CUDA), or a no-op one."""
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext
@@ -102,7 +103,7 @@ class StepRunner:
         compile_, graph = resolve_accel(accel, self.device)
         self.blocker = graph_blocker(cfg, opt, ema) if graph else None
         self.graph_mode = graph and self.blocker is None
-        self.autocast = _autocast(cfg, self.device)
+        self.autocast = autocast_for(cfg, self.device)
         if self.device.type == "cuda":
             # every step has the same shapes: let cuDNN time its algorithms once, in the warm-up
             torch.backends.cudnn.benchmark = True

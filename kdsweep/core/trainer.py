@@ -28,7 +28,7 @@ from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
 from kdsweep.core.models import build_model, count_params
-from kdsweep.core.step import StepRunner
+from kdsweep.core.step import StepRunner, autocast_for
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.errors import KdsweepError
 
@@ -118,13 +118,6 @@ def use_channels_last(model: nn.Module, device: torch.device) -> bool:
         return False
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     return bool(widths) and min(widths) >= 16
-
-
-def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
