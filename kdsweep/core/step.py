@@ -68,10 +68,14 @@ def resolve_accel(accel: str, device: torch.device) -> tuple[bool, bool]:
     return accel == "compile", cuda and accel in ("graph", "compile")
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """``precision`` ``bf16``, or ``auto`` on CUDA: the one rule for training steps and teacher tables."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The bf16 autocast context of this run (bf16 by default on CUDA), or a no-op one."""
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    """The bf16 autocast context of this run, or a no-op one."""
+    if not uses_bf16(cfg.precision, device):
         return contextlib.nullcontext
     # no weight-cast cache: it must be off under graph capture, and one forward per region gains nothing
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)

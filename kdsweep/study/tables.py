@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kdsweep.core.data import ImageSet, num_views
+from kdsweep.core.step import uses_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherSource, table_for
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.spec import StudySpec
@@ -41,8 +42,7 @@ def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *,
     if not wants_table(spec):
         return online
     dev = torch.device(device)
-    precision = spec.student.recipe.precision
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    bf16 = uses_bf16(spec.student.recipe.precision, dev)
     with locks.hold(f"teacher-table:{spec.name}"):  # workers of one study: one computes, the others read
         table = table_for(online, data, device=dev, bf16=bf16, pad=PAD, cache_dir=Path(workdir) / "tables")
     return TableTeacher(table, online)
