@@ -226,8 +226,8 @@ def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, subset_ro
     first = start_worker(spec, tmp_path / "a", "--heartbeat", "1")
     seen: list = []
 
-    def trial_running() -> bool:  # and past its start: its parameters drawn, so a retry repeats them
-        seen[:] = [t for t in running() if t.params]
+    def trial_running() -> bool:  # and training: past its first epoch, every parameter drawn
+        seen[:] = [t for t in running() if t.intermediate_values]
         return bool(seen)
 
     try:  # no cleanup, no tell(): the trial stays RUNNING
