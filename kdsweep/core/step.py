@@ -100,13 +100,15 @@ class StepRunner:
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, sched,
                  make_schedule: Callable[[torch.optim.Optimizer], object], ema: AveragedModel | None,
-                 loader: DeviceLoader, teacher, *, accel: str = "auto", warmup: int = 3) -> None:
+                 loader: DeviceLoader, teacher, *, accel: str = "auto", warmup: int = 3,
+                 allow_graph: bool = True) -> None:
         self.cfg, self.model, self.opt, self.sched, self.ema, self.loader = cfg, model, opt, sched, ema, loader
         self.device = loader.device
         self.steps = len(loader)
         compile_, graph = resolve_accel(accel, self.device)
         self.blocker = graph_blocker(cfg, opt, ema) if graph else None
-        self.graph_mode = graph and self.blocker is None
+        # allow_graph=False: a packed group (kdsweep.core.packing) drives the steps eagerly
+        self.graph_mode = graph and allow_graph and self.blocker is None
         self.autocast = autocast_for(cfg, self.device)
         if self.device.type == "cuda":
             # every step has the same shapes: let cuDNN time its algorithms once, in the warm-up
@@ -139,10 +141,11 @@ class StepRunner:
                 self._ema_groups = [list(zip(*grp)) for grp in (floats, others) if grp]
 
     # -- one step ------------------------------------------------------------------------------
-    def _update(self, batch) -> None:
+    def _update(self, batch, teacher_logits: torch.Tensor | None = None) -> None:
         cfg = self.cfg
         with self.autocast():
-            teacher_logits = self.teacher(batch) if cfg.distills else None
+            if cfg.distills and teacher_logits is None:
+                teacher_logits = self.teacher(batch)
             logits = self.forward(batch.x)
         loss = kd_loss(logits, batch.y, teacher_logits, alpha=cfg.alpha, temperature=cfg.temperature,
                        label_smoothing=cfg.label_smoothing)
@@ -182,6 +185,17 @@ class StepRunner:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._graph_step()
         self.graph = graph
+
+    # -- steps driven from outside (a packed group: one batch and one teacher output for all) ----
+    def begin_epoch(self) -> None:
+        if self.graph_mode:
+            raise RuntimeError("a graph-mode StepRunner runs whole epochs (run_epoch)")
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def step(self, batch, teacher_logits: torch.Tensor | None) -> None:
+        """One eager step on ``batch``; ``teacher_logits`` (computed by the caller) when distilling."""
+        self._update(batch, teacher_logits if self.cfg.distills else None)
 
     # -- one epoch -----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int]:

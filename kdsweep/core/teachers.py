@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
+from kdsweep.core.layout import use_channels_last
 from kdsweep.core.loader import DeviceLoader, augment, num_views, view_to_offsets
 from kdsweep.errors import CheckpointError
 
@@ -68,10 +69,18 @@ class OnlineTeacher:
             p.requires_grad_(False)
         self._compiled: Callable | None = None
 
-    def to(self, device: torch.device, *, channels_last: bool = False) -> "OnlineTeacher":
+    def to(self, device: torch.device, *, channels_last: bool | None = None) -> "OnlineTeacher":
+        """Move to ``device``; ``channels_last=None`` picks the layout that suits this teacher there.
+
+        The teacher's layout need not match the student's: a narrow student stays NCHW on the
+        CPU (see kdsweep.core.layout), while a wide teacher's forward is ~1.3x faster in
+        channels_last there, whatever the input's layout.
+        """
+        device = torch.device(device)
         self.model.to(device)
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        if channels_last is None:
+            channels_last = use_channels_last(self.model, device)
+        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return self
 
     def for_run(self, data_identity: str, loader: DeviceLoader) -> "OnlineTeacher":
@@ -177,7 +186,7 @@ class TableTeacher:
     def __init__(self, table: TeacherTable, online: OnlineTeacher) -> None:
         self.table, self.online = table, online
 
-    def to(self, device: torch.device, *, channels_last: bool = False) -> "TableTeacher":
+    def to(self, device: torch.device, *, channels_last: bool | None = None) -> "TableTeacher":
         self.table.to(device)
         self.online.to(device, channels_last=channels_last)
         return self

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
+from kdsweep.core.layout import use_channels_last
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.step import StepRunner, autocast_for
 from kdsweep.core.teachers import TeacherSource
@@ -104,22 +105,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def use_channels_last(model: nn.Module, device: torch.device) -> bool:
-    """channels_last by default on CUDA; on the CPU only when no conv is narrower than 16 channels.
-
-    On the CPU (oneDNN 3.12 in torch 2.14.1) channels_last speeds resnet20 up ~1.5x, but the
-    weight gradient of a 1x1 stride-2 conv with fewer than 8 input channels (the shortcut of an
-    x0.25 CIFAR ResNet) overruns a buffer there: heap corruption, hangs or wrong gradients were
-    seen. So narrow models stay in the default layout on the CPU.
-    """
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return bool(widths) and min(widths) >= 16
-
-
 def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     # no weight decay on BatchNorm and biases: the usual CIFAR recipe, and it matters for tiny widths
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -181,6 +166,139 @@ def _same_run(saved: dict, cfg: TrainConfig) -> bool:
     return now == then
 
 
+@dataclass
+class RunRequest:
+    """What one training run is asked to do; ``train``'s arguments as one object (see :func:`train`)."""
+
+    cfg: TrainConfig
+    teacher: TeacherSource | None = None
+    on_epoch: Callable[[EpochMetrics], None] | None = None
+    checkpoint_path: Path | None = None
+    model: nn.Module | None = None
+    accel: str = "auto"
+
+
+class Run:
+    """One run's state (model, optimizer, schedule, EMA, history), its epochs driven from outside.
+
+    :func:`train` drives one run; ``kdsweep.core.packing.train_group`` drives several on the same
+    batches. ``loaders`` lets runs of one group share the training and test loaders.
+    """
+
+    def __init__(self, req: RunRequest, data: ImageSet, *, loaders: tuple[DeviceLoader, DeviceLoader] | None = None,
+                 allow_graph: bool = True) -> None:
+        cfg, teacher, model = req.cfg, req.teacher, req.model
+        if cfg.distills and teacher is None:
+            raise ValueError(f"alpha={cfg.alpha!r} needs a teacher")
+        self.cfg, self.on_epoch, self.checkpoint_path = cfg, req.on_epoch, req.checkpoint_path
+        device = self.device = resolve_device(cfg.device)
+        self.autocast = autocast_for(cfg, device)
+
+        with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
+            torch.manual_seed(cfg.seed)
+            if model is None:
+                model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+        model.to(device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else use_channels_last(model, device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if teacher is not None:  # the teacher's own layout unless the config fixes one (see OnlineTeacher.to)
+            teacher.to(device, channels_last=cfg.channels_last)
+        self.model = model
+
+        if loaders is None:
+            common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last)
+            train_loader = DeviceLoader(
+                data.train_x, data.train_y, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
+                pad=4 if cfg.augment else 0, flip=cfg.augment, **common,
+            )
+            # big evaluation batches on a GPU: fewer launches per epoch-end evaluation
+            eval_batch = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
+            test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=eval_batch, train=False, **common)
+            loaders = (train_loader, test_loader)
+        self.loaders = loaders
+        train_loader, self.test_loader = loaders
+        if teacher is not None and hasattr(teacher, "for_run"):
+            teacher = teacher.for_run(data.identity, train_loader)  # a logit table only where it covers these batches
+        steps = len(train_loader)
+        if steps == 0:
+            raise KdsweepError(
+                f"batch_size={cfg.batch_size} is larger than the {len(data.train_y)} training images"
+            )
+
+        self.opt = opt = make_optimizer(cfg, model, device)
+        self.sched = sched = make_schedule(cfg, opt, steps)
+        self.ema = ema = None
+        if cfg.ema_decay > 0:
+            self.ema = ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+        self.history: list[EpochMetrics] = []
+        self.best, self.bad_epochs, self.start_epoch = -1.0, 0, 0
+        if self.checkpoint_path is not None and Path(self.checkpoint_path).exists():
+            saved = load_checkpoint(self.checkpoint_path, map_location=device)
+            if _same_run(saved, cfg):
+                model.load_state_dict(saved["model"])
+                if ema is not None and saved["ema"] is not None:
+                    ema.load_state_dict(saved["ema"])
+                opt.load_state_dict(saved["optimizer"])
+                sched.load_state_dict(saved["scheduler"])
+                self.history = [EpochMetrics(**m) for m in saved["history"]]
+                self.best, self.bad_epochs, self.start_epoch = saved["best"], saved["bad_epochs"], saved["epoch"]
+
+        self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
+                                 teacher, accel=req.accel, allow_graph=allow_graph)
+        self.stopped_early = bool(cfg.patience and self.bad_epochs >= cfg.patience)
+        self.next_epoch = self.start_epoch
+        model.train()
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early or self.next_epoch >= self.cfg.epochs
+
+    def finish_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,
+                     train_seconds: float | None = None) -> EpochMetrics:
+        """Close epoch ``epoch`` (0-based): evaluate, record, checkpoint, call ``on_epoch``.
+
+        ``train_seconds`` is the epoch's training time when the caller measured it (a group's
+        shared epoch); otherwise it is taken here, after the epoch's one host sync.
+        """
+        cfg = self.cfg
+        train_loss = loss_sum.item() / seen  # the epoch's one host sync
+        if train_seconds is None:
+            train_seconds = time.perf_counter() - t0
+        self.next_epoch = epoch + 1
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
+        eval_start = time.perf_counter()
+        test_acc = evaluate(self.model, self.test_loader, self.autocast)
+        test_acc_ema = evaluate(self.ema.module, self.test_loader, self.autocast) if self.ema is not None else None
+        metrics = EpochMetrics(
+            epoch=epoch + 1, train_loss=train_loss, train_acc=correct.item() / seen, test_acc=test_acc,
+            test_acc_ema=test_acc_ema, lr=self.sched.get_last_lr()[0],
+            epoch_seconds=train_seconds + time.perf_counter() - eval_start, images_per_second=seen / train_seconds,
+        )
+        self.history.append(metrics)
+        if metrics.score > self.best:
+            self.best, self.bad_epochs = metrics.score, 0
+        else:
+            self.bad_epochs += 1
+        if self.checkpoint_path is not None:
+            save_checkpoint(_checkpoint_state(cfg, epoch + 1, self.model, self.ema, self.opt, self.sched,
+                                              self.history, self.best, self.bad_epochs), Path(self.checkpoint_path))
+        if cfg.patience and self.bad_epochs >= cfg.patience:
+            self.stopped_early = True
+        if self.on_epoch is not None:
+            self.on_epoch(metrics)
+        return metrics
+
+    def result(self) -> TrainResult:
+        return TrainResult(
+            model=self.model, ema_model=self.ema, history=self.history, num_params=count_params(self.model),
+            stopped_early=self.stopped_early, resumed_from_epoch=self.start_epoch,
+            extras={"cuda_graph": float(self.runner.graph is not None)},
+        )
+
+
 def train(
     cfg: TrainConfig,
     data: ImageSet,
@@ -198,98 +316,15 @@ def train(
     ``accel`` picks how steps run (kdsweep.core.step): ``auto`` captures each step as a CUDA graph
     on CUDA and runs eagerly elsewhere; ``eager``, ``graph`` and ``compile`` force a mode.
     """
-    if cfg.distills and teacher is None:
-        raise ValueError(f"alpha={cfg.alpha!r} needs a teacher")
-    device = resolve_device(cfg.device)
-    autocast = autocast_for(cfg, device)
-
-    with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
-        torch.manual_seed(cfg.seed)
-        if model is None:
-            model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
-    model.to(device)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else use_channels_last(model, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if teacher is not None:
-        teacher.to(device, channels_last=channels_last)
-
-    common = dict(device=device, mean=data.mean, std=data.std, channels_last=channels_last)
-    train_loader = DeviceLoader(
-        data.train_x, data.train_y, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
-        pad=4 if cfg.augment else 0, flip=cfg.augment, **common,
-    )
-    # big evaluation batches on a GPU: fewer launches per epoch-end evaluation
-    eval_batch = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
-    test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=eval_batch, train=False, **common)
-    if teacher is not None and hasattr(teacher, "for_run"):
-        teacher = teacher.for_run(data.identity, train_loader)  # a logit table only where it covers these batches
-    steps = len(train_loader)
-    if steps == 0:
-        raise KdsweepError(
-            f"batch_size={cfg.batch_size} is larger than the {len(data.train_y)} training images"
-        )
-
-    opt = make_optimizer(cfg, model, device)
-    sched = make_schedule(cfg, opt, steps)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-
-    history: list[EpochMetrics] = []
-    best, bad_epochs, start_epoch = -1.0, 0, 0
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        saved = load_checkpoint(checkpoint_path, map_location=device)
-        if _same_run(saved, cfg):
-            model.load_state_dict(saved["model"])
-            if ema is not None and saved["ema"] is not None:
-                ema.load_state_dict(saved["ema"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            history = [EpochMetrics(**m) for m in saved["history"]]
-            best, bad_epochs, start_epoch = saved["best"], saved["bad_epochs"], saved["epoch"]
-
-    runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
-                        teacher, accel=accel)
-    stopped_early = False
-    if cfg.patience and bad_epochs >= cfg.patience:
-        stopped_early = True
-    model.train()
-    for epoch in range(start_epoch, cfg.epochs if not stopped_early else start_epoch):
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()  # this run's stream only: trials may share the GPU
+    run = Run(RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel), data)
+    while not run.done:
+        epoch = run.next_epoch
+        if run.device.type == "cuda":
+            torch.cuda.current_stream(run.device).synchronize()  # this run's stream only: trials may share the GPU
         t0 = time.perf_counter()
-        loss_sum, correct, seen = runner.run_epoch(epoch)
-        train_loss = loss_sum.item() / seen  # the epoch's one host sync
-        train_seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
-        test_acc = evaluate(model, test_loader, autocast)
-        test_acc_ema = evaluate(ema.module, test_loader, autocast) if ema is not None else None
-        metrics = EpochMetrics(
-            epoch=epoch + 1, train_loss=train_loss, train_acc=correct.item() / seen, test_acc=test_acc,
-            test_acc_ema=test_acc_ema, lr=sched.get_last_lr()[0],
-            epoch_seconds=time.perf_counter() - t0, images_per_second=seen / train_seconds,
-        )
-        history.append(metrics)
-        if metrics.score > best:
-            best, bad_epochs = metrics.score, 0
-        else:
-            bad_epochs += 1
-        if checkpoint_path is not None:
-            save_checkpoint(_checkpoint_state(cfg, epoch + 1, model, ema, opt, sched, history, best, bad_epochs),
-                            Path(checkpoint_path))
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if cfg.patience and bad_epochs >= cfg.patience:
-            stopped_early = True
-            break
-
-    return TrainResult(
-        model=model, ema_model=ema, history=history, num_params=count_params(model),
-        stopped_early=stopped_early, resumed_from_epoch=start_epoch,
-        extras={"cuda_graph": float(runner.graph is not None)},
-    )
+        loss_sum, correct, seen = run.runner.run_epoch(epoch)
+        run.finish_epoch(epoch, loss_sum, correct, seen, t0)
+    return run.result()
 
 
 def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu", batch_size: int = 512) -> tuple[float, float]:

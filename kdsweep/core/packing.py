@@ -1,0 +1,134 @@
+"""Several students trained in one loop on the same batches, sharing each batch's teacher output.
+
+A study's trials differ in temperature, alpha, EMA decay, learning rate and width, but a trial's
+batches depend only on its seed (``DeviceLoader.draws`` is a function of seed and epoch). So the
+runs of one seed see the very same batches whether they train one after another or together,
+and together they need one teacher forward (or one table lookup) per batch instead of one per
+run. On the CPU the teacher's forward is most of a KD step, so K packed students cost about
+``teacher + K * student`` instead of ``K * (teacher + student)``.
+
+Every run keeps its own model, optimizer, schedule, EMA, checkpoint and ``on_epoch``: each
+learns exactly what it would learn alone (bit for bit on the CPU, where kernels are
+deterministic; ``tests/test_packing.py``). A run that fails, diverges or is pruned (its
+``on_epoch`` raises) leaves the group; the others go on. Runs may start at different epochs (a
+resumed one) and end at different ones (early stopping, fewer epochs).
+
+Steps of a packed group run eagerly: a CUDA graph covers one run (``kdsweep.core.step``), so on
+CUDA with ``accel`` graph or auto each run is trained alone (see :func:`pack_key`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from kdsweep.core.data import ImageSet
+from kdsweep.core.layout import use_channels_last
+from kdsweep.core.models import build_model
+from kdsweep.core.step import resolve_accel, uses_bf16
+from kdsweep.core.trainer import Run, RunRequest, TrainResult, resolve_device, train
+
+
+def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
+    """What must be equal for runs to share one loop (batches, layout, precision); None: train alone.
+
+    The last entry is the teacher (None for a run without KD); see :func:`can_pack`. Runs that a
+    CUDA graph would capture are not packed: one run per graph.
+    """
+    cfg = req.cfg
+    device = resolve_device(cfg.device)
+    if resolve_accel(req.accel, device)[1]:
+        return None
+    if cfg.channels_last is not None:
+        layout = cfg.channels_last
+    else:
+        with torch.device("meta"):  # the layout rule reads conv widths only: no weights needed
+            layout = use_channels_last(build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width), device)
+    teacher = id(req.teacher) if cfg.distills else None
+    return (data.identity, cfg.seed, cfg.batch_size, cfg.augment, str(device), uses_bf16(cfg.precision, device),
+            layout, teacher)
+
+
+def can_pack(keys: list[tuple | None]) -> bool:
+    """Whether runs with these :func:`pack_key` values can share a loop: equal keys, one teacher at most."""
+    if len(keys) <= 1:
+        return True
+    if any(k is None for k in keys) or len({k[:-1] for k in keys}) != 1:  # type: ignore[index]
+        return False
+    return len({k[-1] for k in keys if k[-1] is not None}) <= 1  # type: ignore[index]
+
+
+def train_group(requests: list[RunRequest], data: ImageSet) -> list[TrainResult | Exception]:
+    """Train every request on the same batches; each entry is that run's result or the exception that ended it.
+
+    The requests must be able to share a loop (:func:`can_pack`; a ``ValueError`` otherwise). One
+    request is simply :func:`kdsweep.core.trainer.train`. ``KeyboardInterrupt`` and other
+    non-``Exception`` errors stop the whole group and propagate.
+    """
+    if not can_pack([pack_key(r, data) for r in requests]):
+        raise ValueError(f"these {len(requests)} runs cannot share batches (pack keys differ or need CUDA graphs)")
+    outcomes: list[TrainResult | Exception | None] = [None] * len(requests)
+    if len(requests) == 1:
+        r = requests[0]
+        try:
+            outcomes[0] = train(r.cfg, data, teacher=r.teacher, on_epoch=r.on_epoch,
+                                checkpoint_path=r.checkpoint_path, model=r.model, accel=r.accel)
+        except Exception as exc:
+            outcomes[0] = exc
+        return outcomes  # type: ignore[return-value]
+
+    runs: dict[int, Run] = {}
+    loaders = None
+    for i, req in enumerate(requests):
+        try:
+            runs[i] = Run(req, data, loaders=loaders, allow_graph=False)
+            loaders = runs[i].loaders
+        except Exception as exc:
+            outcomes[i] = exc
+    if runs:
+        _run_epochs(runs, outcomes)
+    for i, run in runs.items():
+        if outcomes[i] is None:
+            outcomes[i] = run.result()
+    return outcomes  # type: ignore[return-value]
+
+
+def _run_epochs(runs: dict[int, Run], outcomes: list) -> None:
+    first = next(iter(runs.values()))
+    loader, device, autocast = first.runner.loader, first.device, first.autocast
+    last = max(r.cfg.epochs for r in runs.values())
+    for epoch in range(min(r.next_epoch for r in runs.values()), last):
+        active = {i: r for i, r in runs.items() if outcomes[i] is None and not r.done and r.next_epoch == epoch}
+        if not active:
+            continue
+        for r in active.values():
+            r.runner.begin_epoch()
+        # the teacher is the same object for every run (pack_key); a table covers all or none of them
+        teacher = next((r.runner.teacher for r in active.values() if r.cfg.distills), None)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        t0 = time.perf_counter()
+        seen = 0
+        for batch in loader.epoch(epoch):
+            logits = None
+            if teacher is not None:
+                with autocast():
+                    logits = teacher(batch)
+            for i, r in list(active.items()):
+                try:
+                    r.runner.step(batch, logits)
+                except Exception as exc:  # a model bug or out of memory in one run ends that run only
+                    outcomes[i] = exc
+                    del active[i]
+            seen += batch.y.numel()
+            if not active:
+                break
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        train_seconds = time.perf_counter() - t0
+        for i, r in active.items():
+            try:
+                r.finish_epoch(epoch, r.runner.loss_sum, r.runner.correct, seen, t0, train_seconds)
+            except Exception as exc:  # diverged, or pruned/stopped by its on_epoch
+                outcomes[i] = exc

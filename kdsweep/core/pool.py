@@ -1,0 +1,132 @@
+"""TrainingPool: trials in threads hand their trainings to one loop, which packs them.
+
+A study with ``jobs: K`` runs K trials at once as threads. Each thread does its trial's light
+work (Optuna, tracking) and calls :meth:`TrainingPool.train` where it would call
+:func:`kdsweep.core.trainer.train`; that call blocks. One serving thread (the main one, so
+Ctrl-C lands there) gathers the waiting requests, packs up to K that can share batches
+(:func:`kdsweep.core.packing.pack_key`) and trains them with
+:func:`kdsweep.core.packing.train_group`, then hands each thread its result or its exception.
+Only the serving thread trains, so the device is never used by two threads at once.
+
+A group starts when K compatible requests wait, when every live client thread is waiting (no
+more can come), or ``gather_seconds`` after the last request arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from torch import nn
+
+from kdsweep.core.config import TrainConfig
+from kdsweep.core.data import ImageSet
+from kdsweep.core.packing import can_pack, pack_key, train_group
+from kdsweep.core.teachers import TeacherSource
+from kdsweep.core.trainer import EpochMetrics, RunRequest, TrainResult
+
+
+@dataclass
+class _Pending:
+    req: RunRequest
+    data: ImageSet
+    key: tuple | None
+    future: Future
+    arrived: float
+
+
+class TrainingPool:
+    def __init__(self, size: int, *, gather_seconds: float = 2.0) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size!r}")
+        self.size, self.gather_seconds = size, gather_seconds
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._clients = 0  # live client threads (see client())
+        self._closed: BaseException | None = None
+        self.groups: list[int] = []  # size of every group trained, for logs and tests
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[None]:
+        """Wrap a client thread's whole life: the pool stops waiting for requests from finished threads."""
+        with self._cond:
+            self._clients += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._clients -= 1
+                self._cond.notify_all()
+
+    def train(self, cfg: TrainConfig, data: ImageSet, *, teacher: TeacherSource | None = None,
+              on_epoch: Callable[[EpochMetrics], None] | None = None, checkpoint_path: Path | None = None,
+              model: nn.Module | None = None, accel: str = "auto") -> TrainResult:
+        """:func:`kdsweep.core.trainer.train`, run by the serving thread; blocks until this run ends."""
+        req = RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel)
+        future: Future = Future()
+        with self._cond:
+            if self._closed is not None:
+                raise KeyboardInterrupt("the study is stopping") from self._closed
+            self._pending.append(_Pending(req, data, pack_key(req, data), future, time.monotonic()))
+            self._cond.notify_all()
+        return future.result()  # re-raises the run's exception in this thread
+
+    def serve(self, finished: Callable[[], bool]) -> None:
+        """Train groups until ``finished()`` is true and nothing waits; call from the main thread.
+
+        On KeyboardInterrupt (Ctrl-C, SIGTERM) every waiting and running request gets it too,
+        later requests are refused, and it is re-raised here.
+        """
+        group: list[_Pending] = []
+        try:
+            while True:
+                group = self._next_group(finished) or []
+                if not group:
+                    return
+                self.groups.append(len(group))
+                outcomes = train_group([p.req for p in group], group[0].data)
+                for p, out in zip(group, outcomes):
+                    if isinstance(out, BaseException):
+                        p.future.set_exception(out)
+                    else:
+                        p.future.set_result(out)
+        except BaseException as exc:
+            self._close(exc, group)
+            raise
+
+    def _close(self, exc: BaseException, running: list[_Pending]) -> None:
+        with self._cond:
+            self._closed = exc
+            waiting, self._pending = self._pending, []
+        for p in running + waiting:
+            if not p.future.done():
+                stop = KeyboardInterrupt("the study is stopping")
+                stop.__cause__ = exc
+                p.future.set_exception(stop)
+
+    def _next_group(self, finished: Callable[[], bool]) -> list[_Pending] | None:
+        with self._cond:
+            while True:
+                if self._pending:
+                    head = self._pending[0]
+                    group = [head]
+                    for p in self._pending[1:]:
+                        if len(group) < self.size and can_pack([g.key for g in group] + [p.key]):
+                            group.append(p)
+                    newest = max(p.arrived for p in self._pending)
+                    everyone_waits = len(self._pending) >= self._clients
+                    if (len(group) >= self.size or everyone_waits or head.key is None
+                            or time.monotonic() - newest >= self.gather_seconds):
+                        for p in group:
+                            self._pending.remove(p)
+                        return group
+                    self._cond.wait(timeout=max(0.05, self.gather_seconds - (time.monotonic() - newest)))
+                    continue
+                if finished() and self._clients == 0:
+                    return None
+                self._cond.wait(timeout=0.5)
