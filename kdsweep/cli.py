@@ -29,10 +29,11 @@ def fail(exc: KdsweepError) -> UserError:
     return UserError(str(exc))
 
 
-def spec_overrides(data_root, n_trials, storage, tracking_uri, device, set_=()) -> dict:
+def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None, set_=()) -> dict:
     """Flags win over KDSWEEP_DATA_ROOT, which wins over the spec's data root; --set goes under all."""
     return {"data_root": data_root or os.environ.get(DATA_ROOT_ENV) or None, "n_trials": n_trials,
-            "storage": storage, "tracking_uri": tracking_uri, "device": device, "set": list(set_) or None}
+            "storage": storage, "tracking_uri": tracking_uri, "device": device, "jobs": jobs,
+            "set": list(set_) or None}
 
 
 def override_options(f):
@@ -42,6 +43,8 @@ def override_options(f):
         click.option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/optuna."),
         click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
+        click.option("--jobs", type=int, help="Trials trained at once in this process, packed on shared "
+                                              "batches and teacher forwards (spec field jobs)."),
         click.option("--set", "set_", multiple=True, metavar="KEY.PATH=VALUE",
                      help="Override any spec field, e.g. --set student.recipe.epochs=2 (repeatable; VALUE is YAML)."),
     ]
@@ -156,6 +159,9 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
     click.echo(f"study {outcome.study_name}: {outcome.complete} complete, {outcome.pruned} pruned, "
                f"{outcome.failed} failed; {teacher}; "
                f"best trial {outcome.best_trial}: {outcome.best_value} {outcome.best_params}")
+    if outcome.packed:
+        click.echo(f"jobs {spec.jobs}: {sum(outcome.packed)} trainings in {len(outcome.packed)} packed loops "
+                   f"(runs per loop: {', '.join(map(str, outcome.packed))})")
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
 

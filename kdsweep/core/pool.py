@@ -99,10 +99,20 @@ class TrainingPool:
             self._close(exc, group)
             raise
 
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def close(self, exc: BaseException) -> None:
+        """Stop: waiting requests and later ones get KeyboardInterrupt; ``serve`` returns after the running group."""
+        self._close(exc, [])
+
     def _close(self, exc: BaseException, running: list[_Pending]) -> None:
         with self._cond:
-            self._closed = exc
+            if self._closed is None:
+                self._closed = exc
             waiting, self._pending = self._pending, []
+            self._cond.notify_all()
         for p in running + waiting:
             if not p.future.done():
                 stop = KeyboardInterrupt("the study is stopping")
@@ -112,6 +122,8 @@ class TrainingPool:
     def _next_group(self, finished: Callable[[], bool]) -> list[_Pending] | None:
         with self._cond:
             while True:
+                if self._closed is not None:
+                    return None
                 if self._pending:
                     head = self._pending[0]
                     group = [head]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,10 +44,16 @@ class Locks(Protocol):
 
 
 class ProcessLocks:
-    """One process, nothing to exclude: SQLite studies (which take a single writer anyway)."""
+    """Named locks between the threads of one process: SQLite studies (one writer process), ``jobs > 1``."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
 
     def hold(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.RLock())
+        return lock
 
 
 def lock_key(name: str) -> int:
@@ -189,18 +196,20 @@ def fail_unclaimed(study: optuna.Study) -> list[int]:
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, n_trials: int,
                locks: Locks, make_sampler: Callable[[int], optuna.samplers.BaseSampler],
                timeout: float | None = None, poll: float = 2.0,
-               catch: tuple[type[Exception], ...] = (Exception,)) -> int:
+               catch: tuple[type[Exception], ...] = (Exception,),
+               stop: Callable[[], bool] = lambda: False) -> int:
     """Run trials until the study holds ``n_trials`` finished ones; return how many this process ran.
 
     Each process starts at most as many trials as were missing when it began, so a trial that
     keeps failing cannot loop forever. While the last trials run elsewhere, it waits and keeps
     checking heartbeats, so a worker that died is noticed and its trial retried here.
+    ``stop()`` true ends the loop before the next trial (another thread of this process stopped).
     """
     started = time.monotonic()
     budget = n_trials - count(study)[0]
     ran = 0
     while ran < budget:
-        if timeout is not None and time.monotonic() - started >= timeout:
+        if stop() or (timeout is not None and time.monotonic() - started >= timeout):
             break
         claim = ClaimedObjective(objective, locks.hold(f"claim:{study.study_name}"))
         with claim:

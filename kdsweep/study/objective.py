@@ -11,6 +11,7 @@ import gc
 import logging
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import torch
@@ -19,7 +20,7 @@ from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.teachers import TeacherSource
-from kdsweep.core.trainer import train
+from kdsweep.core.trainer import TrainResult, train
 from kdsweep.errors import KdsweepError, TrackingError
 from kdsweep.study import space
 from kdsweep.study.coordination import Locks, ProcessLocks
@@ -77,9 +78,13 @@ def mark_failed(trial: optuna.Trial, reason: str, *, interrupted: bool = False) 
 
 class Objective:
     def __init__(self, spec: StudySpec, data: ImageSet, teacher_source: TeacherSource, teacher: Trained, *,
-                 recorder: Recorder, workdir: Path, device: str, locks: Locks = ProcessLocks()) -> None:
+                 recorder: Recorder, workdir: Path, device: str, locks: Locks = ProcessLocks(),
+                 train_fn: Callable[..., TrainResult] = train) -> None:
+        """``train_fn`` trains the baselines and distilled students: ``core.trainer.train``, or a
+        ``TrainingPool``'s ``train`` when trials run in threads (``jobs > 1``)."""
         self.spec, self.data, self.source, self.teacher = spec, data, teacher_source, teacher
         self.recorder, self.workdir, self.device, self.locks = recorder, workdir, device, locks
+        self.train_fn = train_fn
         self._baselines: dict[tuple[float, int], Trained] = {}
         self._free_cuda = False
         quiet_expected_failures()
@@ -90,7 +95,7 @@ class Objective:
             cfg = space.baseline_config(self.spec, width=width, seed=seed, device=self.device)
             self._baselines[(width, seed)] = obtain("baseline", cfg, self.data, recorder=self.recorder,
                                                     workdir=self.workdir, tags={"study": self.spec.name},
-                                                    locks=self.locks)
+                                                    locks=self.locks, train_fn=self.train_fn)
         return self._baselines[(width, seed)]
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -164,8 +169,8 @@ class Objective:
             if online is not None:
                 result = online.train(cfg, on_epoch)
             else:
-                result = train(cfg, self.data, teacher=self.source, on_epoch=on_epoch, accel=self.spec.accel,
-                               checkpoint_path=self.workdir / "progress" / f"distilled-{key}.pt")
+                result = self.train_fn(cfg, self.data, teacher=self.source, on_epoch=on_epoch, accel=self.spec.accel,
+                                       checkpoint_path=self.workdir / "progress" / f"distilled-{key}.pt")
         except optuna.TrialPruned as exc:
             for rid in [run_id] + ([online.run_id] if online else []):
                 self.recorder.fail(rid, str(exc), killed=True)

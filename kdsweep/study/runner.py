@@ -15,9 +15,10 @@ from optuna.trial import TrialState
 
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet, load_dataset
-from kdsweep.core.trainer import resolve_device
+from kdsweep.core.pool import TrainingPool
+from kdsweep.core.trainer import resolve_device, train
 from kdsweep.errors import StudyError
-from kdsweep.study import coordination, recovery, space, tables
+from kdsweep.study import coordination, jobs, recovery, space, tables
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective, StopStudy
 from kdsweep.study.recorder import Recorder
@@ -38,6 +39,7 @@ class StudyOutcome:
     best_params: dict[str, Any] = field(default_factory=dict)
     best_trial: int | None = None
     teacher_acc: float | None = None
+    packed: list[int] = field(default_factory=list)  # jobs > 1: how many runs each packed training held
 
 
 def make_sampler(spec: StudySpec, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -143,17 +145,28 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
 
     source = tables.teacher_source(spec, data, teacher.model, device=device, workdir=workdir,
                                    locks=locks) if teacher else None
-    objective = Objective(spec, data, source, teacher,
-                          recorder=recorder, workdir=workdir, device=device, locks=locks)
+    # jobs > 1: trials in threads hand their trainings to a pool this thread serves (study/jobs.py)
+    pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
+    objective = Objective(spec, data, source, teacher, recorder=recorder, workdir=workdir, device=device,
+                          locks=locks, train_fn=pool.train if pool is not None else train)
+
+    def trial_loop(st: optuna.Study) -> int:
+        return coordination.run_trials(st, objective, n_trials=spec.n_trials, locks=locks, timeout=spec.timeout,
+                                       make_sampler=lambda n: make_sampler(spec, n), poll=max(0.5, heartbeat / 2),
+                                       stop=lambda: pool is not None and pool.closed)
+
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
     try:
-        coordination.run_trials(study, objective, n_trials=spec.n_trials, locks=locks, timeout=spec.timeout,
-                                make_sampler=lambda n: make_sampler(spec, n), poll=max(0.5, heartbeat / 2))
+        if pool is None:
+            trial_loop(study)
+        else:
+            jobs.run_packed(pool, lambda: open_study(spec, heartbeat=heartbeat), trial_loop)
     except StopStudy as stop:  # e.g. the tracking server is gone: its trial is FAIL, retried on resume
         raise type(stop.error)(f"{stop.error}; the study stopped. Finished trials are kept; rerun the same "
                                "command to resume (the interrupted trial is retried)") from None
     outcome = summarize(study, teacher.test_acc if teacher else None)
+    outcome.packed = list(pool.groups) if pool is not None else []
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})
     if outcome.complete == 0 and outcome.failed > 0:

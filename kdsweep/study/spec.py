@@ -22,7 +22,7 @@ TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "d
 # CLI flags that override spec fields: named in messages so a bad flag is not blamed on the file
 FLAG_FIELDS = {"data_root": ("data.root", "--data-root or $KDSWEEP_DATA_ROOT"), "n_trials": ("n_trials", "--n-trials"),
                "storage": ("storage", "--storage"), "tracking_uri": ("tracking_uri", "--tracking-uri"),
-               "device": ("device", "--device")}
+               "device": ("device", "--device"), "jobs": ("jobs", "--jobs")}
 
 
 def _scheme(url: str) -> str:
@@ -220,6 +220,9 @@ class StudySpec(Strict):
     # how distilled trials run their steps (core/step.py): auto = CUDA graph on a GPU, eager on the CPU;
     # compile adds torch.compile (about 30 s once per process and shape, then faster steps)
     accel: Literal["auto", "eager", "graph", "compile"] = "auto"
+    # trials trained at once in this process (threads), packed into one loop per seed: the runs of a
+    # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
+    jobs: int = Field(default=1, ge=1, le=64)
 
     @field_validator("seeds")
     @classmethod
@@ -283,6 +286,13 @@ class StudySpec(Strict):
                 if name in self.teacher.recipe.model_fields_set and t != s:
                     raise ValueError(f"teacher.recipe.{name}={t!r}: an online teacher trains on the student's "
                                      f"batches, so it must equal student.recipe.{name}={s!r} (or be left out)")
+        return self
+
+    @model_validator(mode="after")
+    def _jobs_fit(self) -> "StudySpec":
+        if self.jobs > 1 and self.teacher.mode == "online":
+            raise ValueError(f"jobs={self.jobs!r}: an online teacher trains with each student, so its trials "
+                             "cannot share one; use jobs: 1 with teacher.mode online")
         return self
 
     @model_validator(mode="after")
@@ -376,7 +386,7 @@ def _set_path(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """CLI flags win over the spec. Keys: data_root, n_trials, storage, tracking_uri, device, set.
+    """CLI flags win over the spec. Keys: data_root, n_trials, storage, tracking_uri, device, jobs, set.
 
     ``set`` holds ``KEY.PATH=VALUE`` strings applied first, so the named flags win over them.
     """

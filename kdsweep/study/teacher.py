@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -19,7 +19,7 @@ from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.teachers import TeacherSource
-from kdsweep.core.trainer import evaluate_split, train
+from kdsweep.core.trainer import TrainResult, evaluate_split, train
 from kdsweep.errors import CheckpointError
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.recorder import Recorder, RunInfo
@@ -58,7 +58,8 @@ def load_weights(path: Path, arch: str, width: float, num_classes: int) -> nn.Mo
 
 
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
-           tags: dict[str, str], teacher: TeacherSource | None = None, locks: Locks = ProcessLocks()) -> Trained:
+           tags: dict[str, str], teacher: TeacherSource | None = None, locks: Locks = ProcessLocks(),
+           train_fn: Callable[..., TrainResult] = train) -> Trained:
     """Reuse the finished run with this config and data, or train (resuming) and record it.
 
     Under ``locks`` (one per role and key), so of several workers the first trains and the
@@ -66,11 +67,12 @@ def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, w
     """
     key = cfg.fingerprint(data_identity=data.identity)
     with locks.hold(f"{role}:{key}"):
-        return _obtain(role, key, cfg, data, recorder=recorder, workdir=workdir, tags=tags, teacher=teacher)
+        return _obtain(role, key, cfg, data, recorder=recorder, workdir=workdir, tags=tags, teacher=teacher,
+                       train_fn=train_fn)
 
 
 def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
-            tags: dict[str, str], teacher: TeacherSource | None) -> Trained:
+            tags: dict[str, str], teacher: TeacherSource | None, train_fn: Callable[..., TrainResult]) -> Trained:
     found = recorder.find(role, key)
     if found is not None and found.checkpoint is not None:
         model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes)
@@ -79,8 +81,8 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
     params = {**cfg.as_params(), "data_identity": data.identity, "dataset": data.name}
     run_id = recorder.start(RunInfo(role=role, key=key, params=params, tags=tags))
     try:
-        result = train(cfg, data, teacher=teacher, checkpoint_path=workdir / "progress" / f"{role}-{key}.pt",
-                       on_epoch=lambda m: recorder.log_epoch(run_id, m))
+        result = train_fn(cfg, data, teacher=teacher, checkpoint_path=workdir / "progress" / f"{role}-{key}.pt",
+                          on_epoch=lambda m: recorder.log_epoch(run_id, m))
     except BaseException as exc:
         recorder.fail(run_id, f"{type(exc).__name__}: {exc}", killed=isinstance(exc, KeyboardInterrupt))
         raise

@@ -1,0 +1,84 @@
+"""TrainingPool: trainings asked from threads are packed, answered to the right thread, and stopped together."""
+
+import threading
+
+import pytest
+import torch
+
+from kdsweep.core.config import TrainConfig
+from kdsweep.core.data import synthetic_imageset
+from kdsweep.core.models import build_model
+from kdsweep.core.pool import TrainingPool
+from kdsweep.core.teachers import OnlineTeacher
+from kdsweep.core.trainer import train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_imageset(n_train=128, n_test=32, num_classes=4, size=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(1)
+    return OnlineTeacher(build_model("resnet8", num_classes=data.num_classes, width=0.5))
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**dict(arch="resnet8", width=0.25, epochs=2, batch_size=32, lr=0.05, alpha=0.9), **kw})
+
+
+def clients(pool, jobs):
+    """Run each job (a function of the pool) in its own client thread; collect results or exceptions."""
+    out = [None] * len(jobs)
+
+    def work(i, job):
+        with pool.client():
+            try:
+                out[i] = job(pool)
+            except BaseException as exc:  # noqa: BLE001 - the test looks at what each thread got
+                out[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i, j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    return threads, out
+
+
+def test_threads_get_their_own_results_from_packed_loops(data, teacher):
+    cfgs = [cfg(temperature=2.0), cfg(temperature=5.0), cfg(seed=1), cfg(temperature=8.0)]
+    pool = TrainingPool(3, gather_seconds=30)  # groups form when every client waits, not by timeout
+    threads, out = clients(pool, [lambda p, c=c: p.train(c, data, teacher=teacher) for c in cfgs])
+    pool.serve(lambda: not any(t.is_alive() for t in threads))
+    # seed 0 runs pack (at most 3); the seed-1 run sees other batches and trains alone
+    assert sorted(pool.groups) == [1, 3]
+    for c, got in zip(cfgs, out):
+        assert got.final.train_loss == train(c, data, teacher=teacher).final.train_loss
+
+
+def test_a_run_error_reaches_its_own_thread_only(data, teacher):
+    def boom(m):
+        raise ValueError("bad epoch")
+
+    pool = TrainingPool(2, gather_seconds=30)
+    threads, out = clients(pool, [lambda p: p.train(cfg(), data, teacher=teacher, on_epoch=boom),
+                                  lambda p: p.train(cfg(temperature=3.0), data, teacher=teacher)])
+    pool.serve(lambda: not any(t.is_alive() for t in threads))
+    assert isinstance(out[0], ValueError) and out[1].final.epoch == 2
+    assert pool.groups == [2]
+
+
+def test_an_interrupt_in_the_serving_thread_stops_every_client(data, teacher):
+    def ctrl_c(m):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the main (serving) thread mid-training
+
+    pool = TrainingPool(2, gather_seconds=30)
+    threads, out = clients(pool, [lambda p: p.train(cfg(), data, teacher=teacher, on_epoch=ctrl_c),
+                                  lambda p: p.train(cfg(temperature=3.0), data, teacher=teacher)])
+    with pytest.raises(KeyboardInterrupt):
+        pool.serve(lambda: not any(t.is_alive() for t in threads))
+    for t in threads:
+        t.join(timeout=30)
+    assert all(isinstance(o, KeyboardInterrupt) for o in out)
+    with pytest.raises(KeyboardInterrupt, match="stopping"):  # and nothing new is taken
+        pool.train(cfg(), data, teacher=teacher)
