@@ -4,12 +4,14 @@
     python benchmarks/kd_step.py --device cuda           # a GPU: CIFAR sizes
     python benchmarks/kd_step.py --device cuda --sections trial,study --jobs 1,2,4 --packing processes
 
-Sections (``--sections``, comma separated; default ``seed,online,table``):
+Sections (``--sections``, comma separated; default ``seed,online,table,packed``):
   seed    the seed projects' loop: a torchvision-style Dataset of PIL images, RandomCrop(32, 4) +
           RandomHorizontalFlip + ToTensor + Normalize in DataLoader workers, fp32, NCHW, SGD,
           ``loss.item()`` per step for the running loss.
   online  kdsweep's ``train()`` with an online teacher, for each ``--accel`` mode.
   table   kdsweep's ``train()`` with a teacher view table (a student-only step).
+  packed  ``train_group`` of ``--pack`` K students of one seed (what ``jobs: K`` does in a study),
+          online teacher, one teacher forward per batch for all K; student images/s of the group.
   build   seconds to compute a real view table (every view of ``--table-images`` images).
   trial   one whole ``--trial-epochs`` trial on ``--images`` CIFAR-shaped images, table teacher:
           wall time of the first (cold) and of a second (warm) trial in this process.
@@ -23,7 +25,9 @@ same reason. The table sections use a table of random logits of the real shape a
 lookup costs the same whatever it holds); ``build`` times computing a real one.
 kdsweep's images/s is the trainer's own ``images_per_second`` (training only, evaluation
 excluded), median over the epochs after the first (the first holds warm-up, capture, compile).
-The last line is ``speedup: N.NNx``: the best online-teacher kdsweep mode over the seed loop.
+The last line is ``speedup: N.NNx``: the best online-teacher kdsweep mode, one student, over the
+seed loop; ``speedup_packed`` before it is the best packed group's student images/s over the seed
+loop (both loops train one student image per teacher forward; a packed group trains K).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from kdsweep.core.data import load_dataset, num_views, synthetic_imageset  # noq
 from kdsweep.core.losses import kd_loss  # noqa: E402
 from kdsweep.core.models import build_model  # noqa: E402
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherTable, compute_table  # noqa: E402
-from kdsweep.core.trainer import DeviceLoader, train  # noqa: E402
+from kdsweep.core.packing import train_group  # noqa: E402
+from kdsweep.core.trainer import DeviceLoader, RunRequest, train  # noqa: E402
 
 DEFAULTS = {  # device -> sizes; the CPU here is small, so fewer images and a narrower pair
     "cpu": dict(images=768, test_images=128, batch_size=128, epochs=3, seed_steps=6, workers=4,
@@ -155,6 +160,24 @@ def bench_trainer(args, data, source, device: torch.device, accel: str, label: s
             "first_epoch_s": history[0].epoch_seconds, "wall_s": wall}
 
 
+def bench_packed(args, data, source, device: torch.device, k: int, label: str) -> dict:
+    """K students of one seed in one loop (core/packing.py): one teacher forward per batch for all K."""
+    cfgs = [student_cfg(args, device, temperature=2.0 + i, alpha=0.9 - 0.1 * (i % 3), lr=(0.05 + 0.02 * i)
+                        * args.batch_size / 128) for i in range(k)]
+    t0 = time.perf_counter()
+    results = train_group([RunRequest(c, source, accel="eager") for c in cfgs], data)  # packed steps are eager
+    wall = time.perf_counter() - t0
+    failed = [repr(r) for r in results if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"packed runs failed: {failed[:2]}")
+    # each run's images_per_second counts its own images over the shared epoch time
+    per_epoch = [sum(r.history[e].images_per_second for r in results) for e in range(args.epochs)]
+    later = per_epoch[1:] or per_epoch
+    return {"variant": f"kdsweep {label}, {k} students packed (one teacher call per batch), eager, "
+                       f"bs {cfgs[0].batch_size}; student images/s", "img_per_s": statistics.median(later),
+            "students": k, "wall_s": wall}
+
+
 def random_table(data, online: OnlineTeacher, device: torch.device) -> TableTeacher:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
@@ -257,7 +280,7 @@ def bench_study(args, data, source, device: torch.device) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--sections", default="seed,online,table")
+    p.add_argument("--sections", default="seed,online,table,packed")
     p.add_argument("--teacher", default="resnet18")
     p.add_argument("--student", default="resnet20")
     p.add_argument("--teacher-width", type=float)
@@ -277,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", default="1", help="study section: concurrent trials to try, comma separated")
     p.add_argument("--packing", default="threads",
                    help="study section: run K trials at once as threads, processes, or threads,processes")
+    p.add_argument("--pack", default="2,4", help="packed section: students per loop to try, comma separated")
     p.add_argument("--worker-trials", type=int, default=0)
     p.add_argument("--data-root", type=Path)
     p.add_argument("--out", type=Path, help="also write every row as JSON here")
@@ -285,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.jobs = [int(j) for j in str(args.jobs).split(",")]
+    args.pack = [int(k) for k in str(args.pack).split(",")]
     sections = args.sections.split(",")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -332,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         if "table" in sections:
             record(lambda a, d, s, dev, acc: bench_trainer(a, d, s, dev, acc, "view table"),
                    args, data, table, device, accel)
+    packed_rows = []
+    if "packed" in sections:
+        for k in args.pack:
+            packed_rows.append(record(lambda a, d, s, dev, kk: bench_packed(a, d, s, dev, kk, "online teacher"),
+                                      args, data, online, device, k))
     if "build" in sections:
         record(bench_build, args, data, online, device)
     if "trial" in sections:
@@ -351,6 +381,9 @@ def main(argv: list[str] | None = None) -> None:
     table_best = max((r["img_per_s"] for r in rows if "img_per_s" in r and "view table" in r["variant"]), default=None)
     if base and table_best:
         log(f"speedup_table: {table_best / base:.2f}x")
+    packed_best = max((r["img_per_s"] for r in packed_rows if "img_per_s" in r), default=None)
+    if base and packed_best:
+        log(f"speedup_packed: {packed_best / base:.2f}x")
     if base and best:
         log(f"speedup: {best / base:.2f}x")
 

@@ -46,6 +46,12 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
                           capture_output=True, text=True, timeout=timeout)
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` for processes that must take Ctrl-C: a shell's background job (``cmd &``)
+    starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, timeout: float,
                 log: Path | None = None) -> None:
     """Send ``sig`` to ``proc`` at a moment when ``ready()`` holds.

@@ -13,7 +13,7 @@ import pytest
 from kdsweep.study.runner import run_study
 from kdsweep.study.spec import load_spec
 
-from conftest import run_cli, signal_when, write_spec
+from conftest import run_cli, sigint_default, signal_when, write_spec
 from test_runner import ListRecorder
 
 
@@ -104,7 +104,7 @@ def test_killed_packed_study_resumes_and_ends_as_an_uninterrupted_one(tmp_path, 
     log = folder / "first-run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "run", "spec.yaml"], cwd=folder,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
     try:
         signal_when(proc, lambda: two_running_past_epoch_one(folder), sig, 600, log)
         code = proc.wait(timeout=120)
@@ -131,3 +131,14 @@ def test_killed_packed_study_resumes_and_ends_as_an_uninterrupted_one(tmp_path, 
     assert len(killed) == 2
     for params in killed:
         assert resumed[params] == uninterrupted[params]
+
+
+def test_packed_study_on_postgresql(tmp_path, subset_root, monkeypatch, postgres_db):
+    # PostgreSQL: the threads' claim and baseline locks are advisory locks on their own connections
+    monkeypatch.chdir(tmp_path)
+    alone = tiny(tmp_path, subset_root, "alone")
+    packed = tiny(tmp_path, subset_root, "packed", jobs=3).model_copy(update={"storage": postgres_db()})
+    run_study(alone, recorder=LockedRecorder(), workdir=Path("mlruns-alone"))
+    out = run_study(packed, recorder=LockedRecorder(), workdir=Path("mlruns-packed"))
+    assert out.complete == 5 and max(out.packed) == 3
+    assert trials(packed) == trials(alone)

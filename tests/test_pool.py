@@ -1,6 +1,6 @@
 """TrainingPool: trainings asked from threads are packed, answered to the right thread, and stopped together."""
 
-import threading
+import time
 
 import pytest
 import torch
@@ -28,28 +28,10 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**dict(arch="resnet8", width=0.25, epochs=2, batch_size=32, lr=0.05, alpha=0.9), **kw})
 
 
-def clients(pool, jobs):
-    """Run each job (a function of the pool) in its own client thread; collect results or exceptions."""
-    out = [None] * len(jobs)
-
-    def work(i, job):
-        with pool.client():
-            try:
-                out[i] = job(pool)
-            except BaseException as exc:  # noqa: BLE001 - the test looks at what each thread got
-                out[i] = exc
-
-    threads = [threading.Thread(target=work, args=(i, j)) for i, j in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    return threads, out
-
-
 def test_threads_get_their_own_results_from_packed_loops(data, teacher):
     cfgs = [cfg(temperature=2.0), cfg(temperature=5.0), cfg(seed=1), cfg(temperature=8.0)]
     pool = TrainingPool(3, gather_seconds=30)  # groups form when every client waits, not by timeout
-    threads, out = clients(pool, [lambda p, c=c: p.train(c, data, teacher=teacher) for c in cfgs])
-    pool.serve(lambda: not any(t.is_alive() for t in threads))
+    out = pool.run([lambda c=c: pool.train(c, data, teacher=teacher) for c in cfgs])
     # seed 0 runs pack (at most 3); the seed-1 run sees other batches and trains alone
     assert sorted(pool.groups) == [1, 3]
     for c, got in zip(cfgs, out):
@@ -61,9 +43,8 @@ def test_a_run_error_reaches_its_own_thread_only(data, teacher):
         raise ValueError("bad epoch")
 
     pool = TrainingPool(2, gather_seconds=30)
-    threads, out = clients(pool, [lambda p: p.train(cfg(), data, teacher=teacher, on_epoch=boom),
-                                  lambda p: p.train(cfg(temperature=3.0), data, teacher=teacher)])
-    pool.serve(lambda: not any(t.is_alive() for t in threads))
+    out = pool.run([lambda: pool.train(cfg(), data, teacher=teacher, on_epoch=boom),
+                    lambda: pool.train(cfg(temperature=3.0), data, teacher=teacher)])
     assert isinstance(out[0], ValueError) and out[1].final.epoch == 2
     assert pool.groups == [2]
 
@@ -73,12 +54,33 @@ def test_an_interrupt_in_the_serving_thread_stops_every_client(data, teacher):
         raise KeyboardInterrupt  # what Ctrl-C raises in the main (serving) thread mid-training
 
     pool = TrainingPool(2, gather_seconds=30)
-    threads, out = clients(pool, [lambda p: p.train(cfg(), data, teacher=teacher, on_epoch=ctrl_c),
-                                  lambda p: p.train(cfg(temperature=3.0), data, teacher=teacher)])
+    got = []
+
+    def client(**kw):
+        try:
+            pool.train(cfg(**kw.pop("c", {})), data, teacher=teacher, **kw)
+        except BaseException as exc:
+            got.append(exc)
+            raise
+
     with pytest.raises(KeyboardInterrupt):
-        pool.serve(lambda: not any(t.is_alive() for t in threads))
-    for t in threads:
-        t.join(timeout=30)
-    assert all(isinstance(o, KeyboardInterrupt) for o in out)
+        pool.run([lambda: client(on_epoch=ctrl_c), lambda: client(c={"temperature": 3.0})])
+    assert len(got) == 2 and all(isinstance(o, KeyboardInterrupt) for o in got)  # both threads stopped
     with pytest.raises(KeyboardInterrupt, match="stopping"):  # and nothing new is taken
         pool.train(cfg(), data, teacher=teacher)
+
+
+def test_the_first_failing_job_stops_the_others(data, teacher):
+    pool = TrainingPool(2, gather_seconds=0.2)
+
+    def lost_server():
+        raise RuntimeError("tracking server gone")
+
+    def later_trial():
+        while not pool.closed:  # its next training comes after the other job failed
+            time.sleep(0.01)
+        return pool.train(cfg(), data, teacher=teacher)
+
+    out = pool.run([lost_server, later_trial])
+    assert isinstance(out[0], RuntimeError)
+    assert isinstance(out[1], KeyboardInterrupt) and "stopping" in str(out[1])

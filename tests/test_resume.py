@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, signal_when, write_spec
+from conftest import run_cli, sigint_default, signal_when, write_spec
 
 STUDENT = {"arch": "resnet8", "width": 0.25, "recipe": {"epochs": 3, "batch_size": 64, "lr": 0.05}}
 TEACHER = {"arch": "resnet8", "width": 0.5, "recipe": {"epochs": 1, "batch_size": 64, "lr": 0.05}}
@@ -81,7 +81,7 @@ def resumed(tmp_path_factory, subset_root) -> Path:
     log = folder / "first-run.log"
     with open(log, "w") as out:  # a file, not a pipe: nobody reads a pipe while we poll
         proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "run", "spec.yaml"], cwd=folder,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
     try:  # no cleanup, no tell(), no MLflow call: a power cut (900 s: shared CI machines are slow)
         signal_when(proc, lambda: mid_second_trial(trials_or_none(folder)), signal.SIGKILL, 900, log)
     finally:
@@ -165,7 +165,7 @@ def test_ctrl_c_marks_the_trial_says_how_to_resume_and_the_rerun_continues_it(re
     log = resumed / "interrupt.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "run", spec.name], cwd=resumed,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
     signal_when(proc, running_past_epoch_1, signal.SIGINT, 900, log)
     assert proc.wait(timeout=120) == 130
     assert "Resume with: kdsweep study run interrupt.yaml" in log.read_text()
@@ -211,7 +211,7 @@ def test_sigterm_stops_like_ctrl_c_and_closes_the_run_in_progress(tmp_path, subs
     log = tmp_path / "term.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "run", "spec.yaml", "--n-trials", "1"],
-                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
     signal_when(proc, lambda: bool(teacher_runs()), signal.SIGTERM, 900, log)
     assert proc.wait(timeout=120) == 130
     assert "Resume with: kdsweep study run spec.yaml --n-trials 1" in log.read_text()

@@ -1,12 +1,13 @@
 """TrainingPool: trials in threads hand their trainings to one loop, which packs them.
 
-A study with ``jobs: K`` runs K trials at once as threads. Each thread does its trial's light
-work (Optuna, tracking) and calls :meth:`TrainingPool.train` where it would call
-:func:`kdsweep.core.trainer.train`; that call blocks. One serving thread (the main one, so
-Ctrl-C lands there) gathers the waiting requests, packs up to K that can share batches
+A study with ``jobs: K`` runs K trials at once as threads (:meth:`TrainingPool.run`). Each
+thread does its trial's light work (Optuna, tracking) and calls :meth:`TrainingPool.train`
+where it would call :func:`kdsweep.core.trainer.train`; that call blocks. One serving thread
+(the main one, so Ctrl-C lands there) gathers the waiting requests, packs up to K that can share batches
 (:func:`kdsweep.core.packing.pack_key`) and trains them with
 :func:`kdsweep.core.packing.train_group`, then hands each thread its result or its exception.
-Only the serving thread trains, so the device is never used by two threads at once.
+Only the serving thread trains, and results come back with their weights on the CPU, so the
+device is never used by two threads at once.
 
 A group starts when K compatible requests wait, when every live client thread is waiting (no
 more can come), or ``gather_seconds`` after the last request arrived.
@@ -14,13 +15,12 @@ more can come), or ``gather_seconds`` after the last request arrived.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from torch import nn
 
@@ -47,21 +47,43 @@ class TrainingPool:
         self.size, self.gather_seconds = size, gather_seconds
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
-        self._clients = 0  # live client threads (see client())
+        self._clients = 0  # live client threads (see run())
         self._closed: BaseException | None = None
         self.groups: list[int] = []  # size of every group trained, for logs and tests
 
-    @contextlib.contextmanager
-    def client(self) -> Iterator[None]:
-        """Wrap a client thread's whole life: the pool stops waiting for requests from finished threads."""
+    def run(self, jobs: list[Callable[[], object]]) -> list[object]:
+        """Run each job in a thread of its own while this thread trains for them (:meth:`serve`).
+
+        Returns each job's return value, or the exception it ended with. The first job that
+        raises closes the pool (:meth:`close`): the others are stopped at their next training.
+        A KeyboardInterrupt here (Ctrl-C, SIGTERM) stops every job the same way and is re-raised
+        once they have all ended.
+        """
+        out: list[object] = [None] * len(jobs)
         with self._cond:
-            self._clients += 1
+            self._clients += len(jobs)  # counted before any starts, so no group forms too early
+
+        def work(i: int, job: Callable[[], object]) -> None:
+            try:
+                out[i] = job()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                out[i] = exc
+                self.close(exc)
+            finally:
+                with self._cond:
+                    self._clients -= 1
+                    self._cond.notify_all()
+
+        threads = [threading.Thread(target=work, args=(i, job), name=f"kdsweep-pool-{i}", daemon=True)
+                   for i, job in enumerate(jobs)]
+        for t in threads:
+            t.start()
         try:
-            yield
+            self.serve()
         finally:
-            with self._cond:
-                self._clients -= 1
-                self._cond.notify_all()
+            for t in threads:
+                t.join()
+        return out
 
     def train(self, cfg: TrainConfig, data: ImageSet, *, teacher: TeacherSource | None = None,
               on_epoch: Callable[[EpochMetrics], None] | None = None, checkpoint_path: Path | None = None,
@@ -76,8 +98,8 @@ class TrainingPool:
             self._cond.notify_all()
         return future.result()  # re-raises the run's exception in this thread
 
-    def serve(self, finished: Callable[[], bool]) -> None:
-        """Train groups until ``finished()`` is true and nothing waits; call from the main thread.
+    def serve(self) -> None:
+        """Train groups until no client is left and nothing waits; call from the main thread.
 
         On KeyboardInterrupt (Ctrl-C, SIGTERM) every waiting and running request gets it too,
         later requests are refused, and it is re-raised here.
@@ -85,7 +107,7 @@ class TrainingPool:
         group: list[_Pending] = []
         try:
             while True:
-                group = self._next_group(finished) or []
+                group = self._next_group() or []
                 if not group:
                     return
                 self.groups.append(len(group))
@@ -94,7 +116,7 @@ class TrainingPool:
                     if isinstance(out, BaseException):
                         p.future.set_exception(out)
                     else:
-                        p.future.set_result(out)
+                        p.future.set_result(_on_host(out))
         except BaseException as exc:
             self._close(exc, group)
             raise
@@ -119,7 +141,7 @@ class TrainingPool:
                 stop.__cause__ = exc
                 p.future.set_exception(stop)
 
-    def _next_group(self, finished: Callable[[], bool]) -> list[_Pending] | None:
+    def _next_group(self) -> list[_Pending] | None:
         with self._cond:
             while True:
                 if self._closed is not None:
@@ -139,6 +161,15 @@ class TrainingPool:
                         return group
                     self._cond.wait(timeout=max(0.05, self.gather_seconds - (time.monotonic() - newest)))
                     continue
-                if finished() and self._clients == 0:
+                if self._clients == 0:
                     return None
                 self._cond.wait(timeout=0.5)
+
+
+def _on_host(result: TrainResult) -> TrainResult:
+    """Hand results back with their weights on the CPU: client threads then never touch the GPU
+    (work from another thread can break the serving thread's CUDA graph capture)."""
+    result.model.cpu()
+    if result.ema_model is not None:
+        result.ema_model.cpu()
+    return result

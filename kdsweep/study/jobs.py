@@ -10,7 +10,6 @@ the pool; every waiting trial is then interrupted as a single trial would be.
 
 from __future__ import annotations
 
-import threading
 from typing import Callable
 
 import optuna
@@ -25,27 +24,9 @@ def run_packed(pool: TrainingPool, open_study: Callable[[], optuna.Study],
     The first exception of any thread (a trial loop that stops the study, such as a lost
     tracking server) stops the others at their next training and is re-raised here.
     """
-    errors: list[BaseException] = []
-    ran: list[int] = []
     studies = [open_study() for _ in range(pool.size)]  # one sampler each, opened here: fail before threads
-
-    def work(study: optuna.Study) -> None:
-        with pool.client():
-            try:
-                ran.append(run_trials(study))
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
-                errors.append(exc)
-                pool.close(exc)
-
-    threads = [threading.Thread(target=work, args=(s,), name=f"kdsweep-trials-{i}", daemon=True)
-               for i, s in enumerate(studies)]
-    for t in threads:
-        t.start()
-    try:
-        pool.serve(lambda: not any(t.is_alive() for t in threads))
-    finally:
-        for t in threads:  # interrupted: each thread marks its trial and ends at its next pool call
-            t.join()
+    results = pool.run([lambda s=s: run_trials(s) for s in studies])
+    errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
-    return sum(ran)
+    return sum(results)  # type: ignore[arg-type]
