@@ -142,3 +142,12 @@ def test_packed_study_on_postgresql(tmp_path, subset_root, monkeypatch, postgres
     out = run_study(packed, recorder=LockedRecorder(), workdir=Path("mlruns-packed"))
     assert out.complete == 5 and max(out.packed) == 3
     assert trials(packed) == trials(alone)
+
+
+def test_jobs_flag_wins_over_the_spec_and_a_bad_value_is_named(tmp_path, subset_root):
+    spec = write_spec(tmp_path / "s.yaml", subset_root, jobs=2)
+    ok = run_cli("study", "validate", str(spec), "--jobs", "4", cwd=tmp_path)
+    assert ok.returncode == 0 and "jobs: 4" in ok.stdout, ok.stderr
+    bad = run_cli("study", "validate", str(spec), "--jobs", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "jobs=0 (from --jobs)" in bad.stderr, bad.stderr
+    assert not (tmp_path / "mlruns").exists()

@@ -43,8 +43,12 @@ def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
     if cfg.channels_last is not None:
         layout = cfg.channels_last
     else:
-        with torch.device("meta"):  # the layout rule reads conv widths only: no weights needed
-            layout = use_channels_last(build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width), device)
+        try:
+            with torch.device("meta"):  # the layout rule reads conv widths only: no weights needed
+                net = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+        except Exception:  # a model that cannot be built without weights: train it alone
+            return None
+        layout = use_channels_last(net, device)
     teacher = id(req.teacher) if cfg.distills else None
     return (data.identity, cfg.seed, cfg.batch_size, cfg.augment, str(device), uses_bf16(cfg.precision, device),
             layout, teacher)
