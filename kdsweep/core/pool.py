@@ -41,6 +41,8 @@ class _Pending:
 
 
 class TrainingPool:
+    """Packs the trainings that up to ``size`` client threads ask for; see the module docstring."""
+
     def __init__(self, size: int, *, gather_seconds: float = 2.0) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size!r}")
