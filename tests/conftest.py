@@ -38,6 +38,26 @@ def tiny_imageset(subset_root):
     return load_dataset("cifar10", subset_root, limit_per_file=60)
 
 
+@pytest.fixture(scope="session")
+def kd_data():
+    """Generated 16x16 images, 4 classes: a few steps per epoch for packed-training tests."""
+    from kdsweep.core.data import synthetic_imageset
+
+    return synthetic_imageset(n_train=192, n_test=64, num_classes=4, size=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def kd_teacher(kd_data):
+    """An untrained resnet8 x0.5 teacher (BatchNorm folded); what it outputs does not matter here."""
+    import torch
+
+    from kdsweep.core.models import build_model
+    from kdsweep.core.teachers import OnlineTeacher
+
+    torch.manual_seed(1)
+    return OnlineTeacher(build_model("resnet8", num_classes=kd_data.num_classes, width=0.5), fold_bn=True)
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m kdsweep ARGS`` in ``cwd`` as a real process."""
     full_env = {k: v for k, v in os.environ.items() if k != "KDSWEEP_DATA_ROOT"}

@@ -3,53 +3,38 @@
 import time
 
 import pytest
-import torch
 
 from kdsweep.core.config import TrainConfig
-from kdsweep.core.data import synthetic_imageset
-from kdsweep.core.models import build_model
 from kdsweep.core.pool import TrainingPool
-from kdsweep.core.teachers import OnlineTeacher
 from kdsweep.core.trainer import train
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_imageset(n_train=128, n_test=32, num_classes=4, size=16, seed=0)
-
-
-@pytest.fixture(scope="module")
-def teacher(data):
-    torch.manual_seed(1)
-    return OnlineTeacher(build_model("resnet8", num_classes=data.num_classes, width=0.5))
 
 
 def cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**dict(arch="resnet8", width=0.25, epochs=2, batch_size=32, lr=0.05, alpha=0.9), **kw})
 
 
-def test_threads_get_their_own_results_from_packed_loops(data, teacher):
+def test_threads_get_their_own_results_from_packed_loops(kd_data, kd_teacher):
     cfgs = [cfg(temperature=2.0), cfg(temperature=5.0), cfg(seed=1), cfg(temperature=8.0)]
     pool = TrainingPool(3, gather_seconds=30)  # groups form when every client waits, not by timeout
-    out = pool.run([lambda c=c: pool.train(c, data, teacher=teacher) for c in cfgs])
+    out = pool.run([lambda c=c: pool.train(c, kd_data, teacher=kd_teacher) for c in cfgs])
     # seed 0 runs pack (at most 3); the seed-1 run sees other batches and trains alone
     assert sorted(pool.groups) == [1, 3]
     for c, got in zip(cfgs, out):
-        assert got.final.train_loss == train(c, data, teacher=teacher).final.train_loss
+        assert got.final.train_loss == train(c, kd_data, teacher=kd_teacher).final.train_loss
 
 
-def test_a_run_error_reaches_its_own_thread_only(data, teacher):
+def test_a_run_error_reaches_its_own_thread_only(kd_data, kd_teacher):
     def boom(m):
         raise ValueError("bad epoch")
 
     pool = TrainingPool(2, gather_seconds=30)
-    out = pool.run([lambda: pool.train(cfg(), data, teacher=teacher, on_epoch=boom),
-                    lambda: pool.train(cfg(temperature=3.0), data, teacher=teacher)])
+    out = pool.run([lambda: pool.train(cfg(), kd_data, teacher=kd_teacher, on_epoch=boom),
+                    lambda: pool.train(cfg(temperature=3.0), kd_data, teacher=kd_teacher)])
     assert isinstance(out[0], ValueError) and out[1].final.epoch == 2
     assert pool.groups == [2]
 
 
-def test_an_interrupt_in_the_serving_thread_stops_every_client(data, teacher):
+def test_an_interrupt_in_the_serving_thread_stops_every_client(kd_data, kd_teacher):
     def ctrl_c(m):
         raise KeyboardInterrupt  # what Ctrl-C raises in the main (serving) thread mid-training
 
@@ -58,7 +43,7 @@ def test_an_interrupt_in_the_serving_thread_stops_every_client(data, teacher):
 
     def client(**kw):
         try:
-            pool.train(cfg(**kw.pop("c", {})), data, teacher=teacher, **kw)
+            pool.train(cfg(**kw.pop("c", {})), kd_data, teacher=kd_teacher, **kw)
         except BaseException as exc:
             got.append(exc)
             raise
@@ -67,10 +52,10 @@ def test_an_interrupt_in_the_serving_thread_stops_every_client(data, teacher):
         pool.run([lambda: client(on_epoch=ctrl_c), lambda: client(c={"temperature": 3.0})])
     assert len(got) == 2 and all(isinstance(o, KeyboardInterrupt) for o in got)  # both threads stopped
     with pytest.raises(KeyboardInterrupt, match="stopping"):  # and nothing new is taken
-        pool.train(cfg(), data, teacher=teacher)
+        pool.train(cfg(), kd_data, teacher=kd_teacher)
 
 
-def test_the_first_failing_job_stops_the_others(data, teacher):
+def test_the_first_failing_job_stops_the_others(kd_data, kd_teacher):
     pool = TrainingPool(2, gather_seconds=0.2)
 
     def lost_server():
@@ -79,7 +64,7 @@ def test_the_first_failing_job_stops_the_others(data, teacher):
     def later_trial():
         while not pool.closed:  # its next training comes after the other job failed
             time.sleep(0.01)
-        return pool.train(cfg(), data, teacher=teacher)
+        return pool.train(cfg(), kd_data, teacher=kd_teacher)
 
     out = pool.run([lost_server, later_trial])
     assert isinstance(out[0], RuntimeError)

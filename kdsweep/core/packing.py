@@ -27,7 +27,7 @@ from kdsweep.core.data import ImageSet
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.models import build_model
 from kdsweep.core.step import resolve_accel, uses_bf16
-from kdsweep.core.trainer import Run, RunRequest, TrainResult, resolve_device, train
+from kdsweep.core.trainer import Run, RunRequest, TrainResult, resolve_device
 
 
 def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
@@ -67,17 +67,15 @@ def train_group(requests: list[RunRequest], data: ImageSet) -> list[TrainResult 
     """Train every request on the same batches; each entry is that run's result or the exception that ended it.
 
     The requests must be able to share a loop (:func:`can_pack`; a ``ValueError`` otherwise). One
-    request is simply :func:`kdsweep.core.trainer.train`. ``KeyboardInterrupt`` and other
+    request is trained as :func:`kdsweep.core.trainer.train` trains it. ``KeyboardInterrupt`` and other
     non-``Exception`` errors stop the whole group and propagate.
     """
     if not can_pack([pack_key(r, data) for r in requests]):
         raise ValueError(f"these {len(requests)} runs cannot share batches (pack keys differ or need CUDA graphs)")
     outcomes: list[TrainResult | Exception | None] = [None] * len(requests)
-    if len(requests) == 1:
-        r = requests[0]
+    if len(requests) == 1:  # alone: the run's own loop, graph capture included
         try:
-            outcomes[0] = train(r.cfg, data, teacher=r.teacher, on_epoch=r.on_epoch,
-                                checkpoint_path=r.checkpoint_path, model=r.model, accel=r.accel)
+            outcomes[0] = Run(requests[0], data).to_end()
         except Exception as exc:
             outcomes[0] = exc
         return outcomes  # type: ignore[return-value]

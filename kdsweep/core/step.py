@@ -194,8 +194,8 @@ class StepRunner:
         self.correct.zero_()
 
     def step(self, batch, teacher_logits: torch.Tensor | None) -> None:
-        """One eager step on ``batch``; ``teacher_logits`` (computed by the caller) when distilling."""
-        self._update(batch, teacher_logits if self.cfg.distills else None)
+        """One eager step on ``batch`` with the caller's ``teacher_logits`` (unused without KD)."""
+        self._update(batch, teacher_logits)
 
     # -- one epoch -----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int]:

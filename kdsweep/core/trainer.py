@@ -291,6 +291,17 @@ class Run:
             self.on_epoch(metrics)
         return metrics
 
+    def to_end(self) -> TrainResult:
+        """Train this run alone, epoch after epoch (eager or graph steps), and return its result."""
+        while not self.done:
+            epoch = self.next_epoch
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()  # this run's stream only: trials may share the GPU
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = self.runner.run_epoch(epoch)
+            self.finish_epoch(epoch, loss_sum, correct, seen, t0)
+        return self.result()
+
     def result(self) -> TrainResult:
         return TrainResult(
             model=self.model, ema_model=self.ema, history=self.history, num_params=count_params(self.model),
@@ -316,15 +327,7 @@ def train(
     ``accel`` picks how steps run (kdsweep.core.step): ``auto`` captures each step as a CUDA graph
     on CUDA and runs eagerly elsewhere; ``eager``, ``graph`` and ``compile`` force a mode.
     """
-    run = Run(RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel), data)
-    while not run.done:
-        epoch = run.next_epoch
-        if run.device.type == "cuda":
-            torch.cuda.current_stream(run.device).synchronize()  # this run's stream only: trials may share the GPU
-        t0 = time.perf_counter()
-        loss_sum, correct, seen = run.runner.run_epoch(epoch)
-        run.finish_epoch(epoch, loss_sum, correct, seen, t0)
-    return run.result()
+    return Run(RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel), data).to_end()
 
 
 def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu", batch_size: int = 512) -> tuple[float, float]:
