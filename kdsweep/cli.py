@@ -145,7 +145,8 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
         recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
         extra = {} if heartbeat is None else {"heartbeat": heartbeat}
         with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
-            outcome = run_study(spec, recorder=progress, **extra)
+            outcome = run_study(spec, recorder=progress,
+                                on_open=lambda done: progress.already_done(done * len(spec.seeds)), **extra)
     except KdsweepError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
@@ -158,12 +159,20 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
     teacher = "online teachers" if outcome.teacher_acc is None else f"teacher {outcome.teacher_acc:.4f}"
     click.echo(f"study {outcome.study_name}: {outcome.complete} complete, {outcome.pruned} pruned, "
                f"{outcome.failed} failed; {teacher}; "
-               f"best trial {outcome.best_trial}: {outcome.best_value} {outcome.best_params}")
+               f"{_best(outcome)}")
     if outcome.packed:
         click.echo(f"jobs {spec.jobs}: {sum(outcome.packed)} trainings in {len(outcome.packed)} packed loops "
                    f"(runs per loop: {', '.join(map(str, outcome.packed))})")
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
+
+
+def _best(outcome) -> str:
+    """The best trial's value and parameters, 4 significant digits (the full values are in Optuna and MLflow)."""
+    if outcome.best_value is None:
+        return "no trial complete"
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.best_params.items())
+    return f"best trial {outcome.best_trial}: {outcome.best_value:.4f} ({params})"
 
 
 def _publish(spec) -> None:

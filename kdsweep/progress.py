@@ -23,6 +23,10 @@ class ProgressRecorder:
         self.trials = self.progress.add_task("distilled runs", total=n_runs, info="")
         self.tasks: dict[str, int] = {}
 
+    def already_done(self, n_runs: int) -> None:
+        """A resumed study: ``n_runs`` of the total finished in an earlier run."""
+        self.progress.update(self.trials, completed=n_runs)
+
     def __enter__(self) -> "ProgressRecorder":
         self.progress.start()
         return self

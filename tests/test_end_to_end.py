@@ -1,5 +1,6 @@
 """`kdsweep study run` and `kdsweep report` as real processes on the real CIFAR-10 subset."""
 
+import re
 import sqlite3
 
 import pytest
@@ -72,6 +73,12 @@ def test_report_formats_to_file(finished_study, fmt, marker):
     proc = run_cli("report", "tiny", "--format", fmt, "--out", str(out), cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert marker in out.read_text()
+
+
+def test_run_prints_the_best_trial_rounded(finished_study):
+    _, _, proc = finished_study
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("study tiny:"))
+    assert re.search(r"best trial \d+: -?\d\.\d{4} \(temperature=[\d.e+-]+, alpha=", line), line
 
 
 def test_rerun_of_a_finished_study_trains_nothing(finished_study):

@@ -77,9 +77,12 @@ def base_acc(rec):
 
 def test_rerun_continues_the_study_and_reuses_teacher_and_baseline(spec):
     rec = ListRecorder()
-    run_study(spec, recorder=rec, workdir=Path("mlruns"))
-    again = run_study(spec.model_copy(update={"n_trials": 4}), recorder=rec, workdir=Path("mlruns"))
+    opened: list[int] = []  # what on_open was told: trials already finished when each run began
+    first = run_study(spec, recorder=rec, workdir=Path("mlruns"), on_open=opened.append)
+    again = run_study(spec.model_copy(update={"n_trials": 4}), recorder=rec, workdir=Path("mlruns"),
+                      on_open=opened.append)
     assert again.complete == 4
+    assert opened == [0, first.complete + first.pruned]
     # one more distilled run, and no second teacher or baseline
     assert rec.roles().count("teacher") == 1 and rec.roles().count("baseline") == 1
     assert rec.roles().count("distilled") == 4

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -114,11 +114,13 @@ def load_data(spec: StudySpec) -> ImageSet:
 
 
 def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
-              heartbeat: int = HEARTBEAT_SECONDS) -> StudyOutcome:
+              heartbeat: int = HEARTBEAT_SECONDS, on_open: Callable[[int], None] | None = None) -> StudyOutcome:
     """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones.
 
     Several processes may run this on one PostgreSQL study (see ``coordination``): together
     they finish ``spec.n_trials`` trials, and the teacher and baselines are trained once.
+    ``on_open`` is told how many trials the study already held finished (a resumed study),
+    before any training; the CLI's progress bar starts from there.
     """
     # device and data first: a missing GPU or a folder without the data set must stop the study
     # before any store, file or run exists
@@ -126,11 +128,12 @@ def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlru
     data = load_data(spec)
     with coordination.single_writer(spec.storage, field="storage"), \
             coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
-        return _run_study(spec, data, device, recorder=recorder, workdir=workdir, heartbeat=heartbeat)
+        return _run_study(spec, data, device, recorder=recorder, workdir=workdir, heartbeat=heartbeat,
+                          on_open=on_open)
 
 
 def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Recorder, workdir: Path,
-               heartbeat: int) -> StudyOutcome:
+               heartbeat: int, on_open: Callable[[int], None] | None) -> StudyOutcome:
     locks = coordination.locks_for(spec.storage)
     with locks.hold("open-storage"):  # workers starting together on an empty database: one creates the tables
         study = open_study(spec, heartbeat=heartbeat)
@@ -138,6 +141,8 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
     with locks.hold(f"recover:{spec.name}"):  # trials of killed or interrupted runs: fail, close, retry
         recovery.recover(study, recorder)
+    if on_open is not None:
+        on_open(sum(t.state in DONE for t in study.trials))
     teacher = None  # teacher.mode online: each trial trains its own (study/online.py)
     if spec.teacher.mode == "pretrained":
         teacher = get_teacher(spec, data, recorder, workdir, device, locks)

@@ -27,6 +27,8 @@ MAX_PARAM = 6000  # MLflow's limit on a param value's length
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# reusing a teacher or baseline downloads its checkpoint: no tqdm bar in the middle of rich's bars
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def redact_passwords(text: str) -> str:
