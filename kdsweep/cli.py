@@ -158,8 +158,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
         signal.signal(signal.SIGTERM, previous)
     teacher = "online teachers" if outcome.teacher_acc is None else f"teacher {outcome.teacher_acc:.4f}"
     click.echo(f"study {outcome.study_name}: {outcome.complete} complete, {outcome.pruned} pruned, "
-               f"{outcome.failed} failed; {teacher}; "
-               f"{_best(outcome)}")
+               f"{outcome.failed} failed; {teacher}; " + _best(outcome))
     if outcome.packed:
         click.echo(f"jobs {spec.jobs}: {sum(outcome.packed)} trainings in {len(outcome.packed)} packed loops "
                    f"(runs per loop: {', '.join(map(str, outcome.packed))})")
@@ -171,7 +170,8 @@ def _best(outcome) -> str:
     """The best trial's value and parameters, 4 significant digits (the full values are in Optuna and MLflow)."""
     if outcome.best_value is None:
         return "no trial complete"
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.best_params.items())
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in outcome.best_params.items())
     return f"best trial {outcome.best_trial}: {outcome.best_value:.4f} ({params})"
 
 

@@ -330,7 +330,8 @@ def train(
     return Run(RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel), data).to_end()
 
 
-def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu", batch_size: int = 512) -> tuple[float, float]:
+def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",
+                   batch_size: int = 512) -> tuple[float, float]:
     """(train accuracy without augmentation, test accuracy) of a trained model."""
     dev = resolve_device(device)
     model.to(dev)
