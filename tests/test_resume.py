@@ -212,7 +212,13 @@ def test_sigterm_stops_like_ctrl_c_and_closes_the_run_in_progress(tmp_path, subs
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "run", "spec.yaml", "--n-trials", "1"],
                                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
-    signal_when(proc, lambda: bool(teacher_runs()), signal.SIGTERM, 900, log)
+    def teacher_training() -> bool:
+        try:
+            return bool(teacher_runs())
+        except Exception:  # the paused process holds the database's write lock: look again
+            return False
+
+    signal_when(proc, teacher_training, signal.SIGTERM, 900, log)
     assert proc.wait(timeout=120) == 130
     assert "Resume with: kdsweep study run spec.yaml --n-trials 1" in log.read_text()
     (run,) = teacher_runs()
