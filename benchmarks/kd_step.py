@@ -53,6 +53,7 @@ from kdsweep.core.losses import kd_loss  # noqa: E402
 from kdsweep.core.models import build_model  # noqa: E402
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherTable, compute_table  # noqa: E402
 from kdsweep.core.packing import train_group  # noqa: E402
+from kdsweep.core.step import teacher_bf16  # noqa: E402
 from kdsweep.core.trainer import DeviceLoader, RunRequest, train  # noqa: E402
 
 DEFAULTS = {  # device -> sizes; the CPU here is small, so fewer images and a narrower pair
@@ -179,7 +180,7 @@ def bench_packed(args, data, source, device: torch.device, k: int, label: str) -
 
 
 def random_table(data, online: OnlineTeacher, device: torch.device) -> TableTeacher:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if teacher_bf16("auto", device) else torch.float32  # what compute_table would hold
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(len(data.train_y), num_views(4), data.num_classes, generator=g).to(device, dtype)
     return TableTeacher(TeacherTable(logits, 4, "random", data.identity), online)
@@ -189,12 +190,9 @@ def bench_build(args, data, online: OnlineTeacher, device: torch.device) -> dict
     n = min(args.table_images, len(data.train_y))
     loader = DeviceLoader(data.train_x[:n], data.train_y[:n], batch_size=n, device=device, mean=data.mean,
                           std=data.std, train=False, channels_last=True)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else None
-    import contextlib
-
-    online.to(device, channels_last=True)
+    online.to(device, channels_last=True, bf16=teacher_bf16("auto", device))
     run = lambda: compute_table(online.model, loader, data_identity="bench", key="bench",  # noqa: E731
-                                autocast=autocast or contextlib.nullcontext, batch_size=args.table_batch)
+                                autocast=online.autocast, batch_size=args.table_batch)
     run() if device.type == "cuda" else None  # warm-up (cuDNN plans)
     sync(device)
     t0 = time.perf_counter()
@@ -333,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
 
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     log(f"device: {hw}; torch {torch.__version__}; {len(data.train_y)} images; teacher {args.teacher} "
-        f"x{args.teacher_width}, student {args.student} x{args.student_width}")
+        f"x{args.teacher_width}, student {args.student} x{args.student_width}; kdsweep's teacher forward in "
+        f"{'bf16' if teacher_bf16('auto', device) else 'fp32'} (precision auto)")
     rows: list[dict] = []
 
     def record(fn, *a):

@@ -4,9 +4,13 @@ import re
 import sqlite3
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli, write_spec
+from kdsweep.core.step import teacher_bf16
+
+CPU = torch.device("cpu")
 
 EPOCH_METRICS = {"train_loss", "train_acc", "test_acc", "lr", "epoch_seconds", "images_per_second"}
 
@@ -45,6 +49,8 @@ def test_mlflow_holds_teacher_baseline_and_one_distilled_run_per_trial(finished_
             assert {"delta_vs_baseline", "delta_vs_teacher"} <= set(m)
             base = client.get_run(r.data.params["baseline_run_id"]).data.metrics["final_test_acc"]
             assert m["delta_vs_baseline"] == pytest.approx(m["final_test_acc"] - base)
+            # 2 trials x 1 seed x 2 epochs < 162 views: no table; the teacher's precision by the CPU's rule
+            assert r.data.params["teacher_logits"] == f"online, {'bf16' if teacher_bf16('auto', CPU) else 'fp32'}"
             if float(r.data.params["ema_decay"]) > 0:
                 assert "test_acc_ema" in m
 

@@ -17,8 +17,8 @@ class Counting:
     def __init__(self, online: OnlineTeacher) -> None:
         self.online, self.calls = online, 0
 
-    def to(self, device, *, channels_last=None):
-        self.online.to(device, channels_last=channels_last)
+    def to(self, device, *, channels_last=None, bf16=None):
+        self.online.to(device, channels_last=channels_last, bf16=bf16)
         return self
 
     def __call__(self, batch):

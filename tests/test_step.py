@@ -9,7 +9,7 @@ from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, synthetic_imageset
 from kdsweep.core.loader import EpochDraws
 from kdsweep.core.models import build_model
-from kdsweep.core.step import graph_blocker, lr_table, resolve_accel
+from kdsweep.core.step import cpu_has_native_bf16, graph_blocker, lr_table, resolve_accel, teacher_bf16, uses_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, table_for
 from kdsweep.core.trainer import make_optimizer, make_schedule, train
 
@@ -29,6 +29,22 @@ def test_accel_modes_per_device():
     assert resolve_accel("graph", torch.device("cpu")) == (False, False)  # graphs are CUDA-only
     with pytest.raises(ValueError, match="choose from"):
         resolve_accel("fast", torch.device("cpu"))
+
+
+def test_precision_rules_for_the_step_and_the_teacher():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert uses_bf16("auto", gpu) and not uses_bf16("auto", cpu)  # a student's step stays fp32 on the CPU
+    assert teacher_bf16("auto", gpu) and teacher_bf16("bf16", cpu)
+    assert not teacher_bf16("fp32", gpu) and not teacher_bf16("fp32", cpu)  # fp32 asked: fp32 everywhere
+    assert teacher_bf16("auto", cpu) == cpu_has_native_bf16()
+
+
+def test_native_bf16_detection_agrees_with_the_cpu_flags():
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_tile"} & set(flags))
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant", "onecycle"])

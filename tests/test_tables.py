@@ -3,12 +3,17 @@
 from pathlib import Path
 
 import pytest
+import torch
 
+from kdsweep.core.config import TrainConfig
+from kdsweep.core.data import DeviceLoader, synthetic_imageset
+from kdsweep.core.models import build_model
+from kdsweep.core.step import teacher_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher
 from kdsweep.study.recorder import NullRecorder
 from kdsweep.study.runner import run_study
 from kdsweep.study.spec import StudySpec, load_spec
-from kdsweep.study.tables import wants_table
+from kdsweep.study.tables import describe_source, teacher_source, wants_table
 
 from conftest import write_spec
 
@@ -57,16 +62,21 @@ def test_study_with_the_table_runs_trials_from_a_cached_table(tmp_path, subset_r
     assert [t.stat().st_mtime_ns for t in Path("mlruns/tables").glob("*.pt")] == [stamp]
 
 
-def test_teacher_source_types(tmp_path):
-    import torch
-
-    from kdsweep.core.data import synthetic_imageset
-    from kdsweep.core.models import build_model
-    from kdsweep.study.tables import teacher_source
-
+def test_teacher_source_types_and_how_runs_record_them(tmp_path):
     data = synthetic_imageset(n_train=2, n_test=2, num_classes=4, size=16)
     net = build_model("resnet8", num_classes=4, width=0.25)
     on = teacher_source(_spec(teacher_table="on"), data, net, device="cpu", workdir=tmp_path)
     off = teacher_source(_spec(teacher_table="off"), data, net, device="cpu", workdir=tmp_path)
-    assert isinstance(on, TableTeacher) and on.table.logits.dtype == torch.float32  # fp32 on the CPU
+    bf16 = teacher_bf16("auto", torch.device("cpu"))  # bf16 only on a CPU that computes it natively
+    assert isinstance(on, TableTeacher) and on.table.logits.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert isinstance(off, OnlineTeacher)
+    # the trainer sets the online teacher's precision by the same rule, so the table covers its batches
+    precision = _spec().student.recipe.precision
+    on.to("cpu", bf16=teacher_bf16(precision, torch.device("cpu")))
+    loader = DeviceLoader(data.train_x, data.train_y, batch_size=2, device="cpu", mean=data.mean, std=data.std,
+                          train=True, pad=4)
+    assert on.for_run(data.identity, loader) is on
+    run = TrainConfig(arch="resnet8", precision=precision, device="cpu")
+    name = "bf16" if bf16 else "fp32"
+    assert describe_source(on, run) == f"view table, {name}" and describe_source(off, run) == f"online, {name}"
+    assert describe_source(off, TrainConfig(arch="resnet8", precision="fp32")) == "online, fp32"

@@ -1,6 +1,7 @@
 """Teacher sources: the view table returns what the online teacher computes, keyed and cached safely."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, num_views, synthetic_imageset
 from kdsweep.core.models import build_model
+from kdsweep.core.step import teacher_bf16
 from kdsweep.core.teachers import (
     OnlineTeacher, TableTeacher, TeacherTable, fold_batchnorm, table_for, table_key, weights_digest,
 )
@@ -99,7 +101,7 @@ def test_batches_outside_the_table_go_to_the_online_teacher(table, teacher, data
 
 def test_training_with_the_table_matches_training_with_the_online_teacher(table, teacher, data):
     cfg = TrainConfig(arch="resnet8", width=0.25, epochs=2, batch_size=16, lr=0.05, alpha=0.9, temperature=4.0,
-                      device="cpu")
+                      device="cpu", precision="fp32")  # the table fixture is fp32
     online = train(cfg, data, teacher=teacher)
     looked_up = train(cfg, data, teacher=TableTeacher(table, teacher))
     for a, b in zip(online.history, looked_up.history):
@@ -112,3 +114,30 @@ def test_folding_batchnorm_keeps_the_function(teacher):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         torch.testing.assert_close(folded(x), teacher.model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_bf16_teacher_is_close_to_fp32_and_its_table_matches_it(teacher, data):
+    low = OnlineTeacher(copy.deepcopy(teacher.model)).to("cpu", bf16=True)
+    batch = next(_train_loader(data, seed=2).epoch(0))
+    out = low(batch)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), teacher(batch), rtol=0.05, atol=0.05)  # bf16: ~3 significant digits
+    table = table_for(low, data, device="cpu", bf16=True, channels_last=True)
+    assert table.logits.dtype == torch.bfloat16
+    source = TableTeacher(table, low)
+    assert source.for_run(data.identity, _train_loader(data)) is source
+    torch.testing.assert_close(source(batch), out, rtol=1e-2, atol=1e-2)
+
+
+def test_a_table_of_another_precision_is_left_to_the_online_teacher(table, teacher, data):
+    other = OnlineTeacher(copy.deepcopy(teacher.model)).to("cpu", bf16=True)
+    source = TableTeacher(table, other)  # an fp32 table in front of a bf16 teacher
+    assert source.for_run(data.identity, _train_loader(data)) is other
+
+
+def test_the_trainer_gives_the_teacher_its_precision(teacher, data):
+    own = OnlineTeacher(copy.deepcopy(teacher.model))
+    cfg = TrainConfig(arch="resnet8", width=0.25, epochs=1, batch_size=16, alpha=0.9, device="cpu")
+    for precision in ("fp32", "bf16", "auto"):
+        train(dataclasses.replace(cfg, precision=precision), data, teacher=own)
+        assert own.bf16 == teacher_bf16(precision, torch.device("cpu")), precision

@@ -69,8 +69,24 @@ def resolve_accel(accel: str, device: torch.device) -> tuple[bool, bool]:
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """``precision`` ``bf16``, or ``auto`` on CUDA: the one rule for training steps and teacher tables."""
+    """``precision`` ``bf16``, or ``auto`` on CUDA: the rule for training steps (see :func:`teacher_bf16`)."""
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated, and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def teacher_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a frozen teacher's forward (online or for a view table) runs under bf16 autocast.
+
+    As the training step, and also under ``auto`` on a CPU with native bf16: there a resnet18
+    x0.5 forward is 1.9x faster in bf16 than channels_last fp32 (3.7x than NCHW fp32), while a
+    small student's step (its backward included) gains nothing, so the student stays fp32.
+    """
+    return uses_bf16(precision, device) or (precision == "auto" and device.type == "cpu" and cpu_has_native_bf16())
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

@@ -36,7 +36,8 @@ class TeacherSource(Protocol):
     def __call__(self, batch) -> torch.Tensor:  # batch: kdsweep.core.loader.Batch
         ...
 
-    def to(self, device: torch.device) -> "TeacherSource":
+    def to(self, device: torch.device, *, channels_last: bool | None = None,
+           bf16: bool | None = None) -> "TeacherSource":
         ...
 
 
@@ -57,7 +58,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 class OnlineTeacher:
-    """Runs a frozen teacher network in eval mode on each batch (inside the trainer's autocast).
+    """Runs a frozen teacher network in eval mode on each batch (in its own precision, see :meth:`to`).
 
     ``fold_bn`` folds BatchNorm into the convolutions first (see :func:`fold_batchnorm`).
     """
@@ -68,20 +69,33 @@ class OnlineTeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._compiled: Callable | None = None
+        self.device = torch.device("cpu")
+        self.bf16 = False
 
-    def to(self, device: torch.device, *, channels_last: bool | None = None) -> "OnlineTeacher":
+    def to(self, device: torch.device, *, channels_last: bool | None = None,
+           bf16: bool | None = None) -> "OnlineTeacher":
         """Move to ``device``; ``channels_last=None`` picks the layout that suits this teacher there.
 
-        The teacher's layout need not match the student's: a narrow student stays NCHW on the
-        CPU (see kdsweep.core.layout), while a wide teacher's forward is ~1.3x faster in
-        channels_last there, whatever the input's layout.
+        The teacher's layout and precision need not match the student's: a narrow student stays
+        NCHW on the CPU (see kdsweep.core.layout), while a wide teacher's forward is ~1.3x faster
+        in channels_last there, whatever the input's layout; ``bf16`` runs the forward under its
+        own bf16 autocast (see kdsweep.core.step.teacher_bf16); None keeps the current choice.
         """
         device = torch.device(device)
         self.model.to(device)
         if channels_last is None:
             channels_last = use_channels_last(self.model, device)
         self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.device = device
+        if bf16 is not None:
+            self.bf16 = bf16
         return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context this teacher's forward runs in: bf16 autocast, or none."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def for_run(self, data_identity: str, loader: DeviceLoader) -> "OnlineTeacher":
         """The source to use for batches of ``loader`` (an online teacher covers every batch)."""
@@ -91,12 +105,18 @@ class OnlineTeacher:
         """This teacher's forward through ``torch.compile``, built once and shared by every run that asks."""
         if self._compiled is None:
             net = torch.compile(self.model, dynamic=False)
-            self._compiled = torch.no_grad()(lambda batch: net(batch.x))
+
+            @torch.no_grad()
+            def forward(batch) -> torch.Tensor:
+                with self.autocast():
+                    return net(batch.x)
+            self._compiled = forward
         return self._compiled
 
     @torch.no_grad()
     def __call__(self, batch) -> torch.Tensor:
-        return self.model(batch.x)
+        with self.autocast():
+            return self.model(batch.x)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -186,14 +206,17 @@ class TableTeacher:
     def __init__(self, table: TeacherTable, online: OnlineTeacher) -> None:
         self.table, self.online = table, online
 
-    def to(self, device: torch.device, *, channels_last: bool | None = None) -> "TableTeacher":
+    def to(self, device: torch.device, *, channels_last: bool | None = None,
+           bf16: bool | None = None) -> "TableTeacher":
         self.table.to(device)
-        self.online.to(device, channels_last=channels_last)
+        self.online.to(device, channels_last=channels_last, bf16=bf16)
         return self
 
     def covers(self, data_identity: str, loader: DeviceLoader) -> bool:
+        """Same data, augmentation and precision (a bf16 table holds bf16 logits) as the online teacher's."""
+        same_precision = (self.table.logits.dtype == torch.bfloat16) == self.online.bf16
         return (loader.train and data_identity == self.table.data_identity and loader.pad == self.table.pad
-                and len(loader.x) == self.table.num_images)
+                and len(loader.x) == self.table.num_images and same_precision)
 
     def for_run(self, data_identity: str, loader: DeviceLoader) -> "TableTeacher | OnlineTeacher":
         """This table where it covers ``loader``'s batches, else the online teacher."""
@@ -209,8 +232,9 @@ def table_for(teacher: OnlineTeacher, data, *, device: torch.device | str, bf16:
               pad: int = 4, cache_dir: Path | None = None, batch_size: int = 1024) -> TeacherTable:
     """The view table of ``teacher`` on ``data``'s training split: read from ``cache_dir`` or computed (and saved).
 
-    ``bf16``/``channels_last`` must be what the trainer uses (its autocast and layout), so the
-    table holds what the online teacher would return inside the training step.
+    ``bf16``/``channels_last`` must be what the trainer gives the online teacher (its
+    :func:`kdsweep.core.step.teacher_bf16` and layout), so the table holds what the online
+    teacher would return inside the training step.
     """
     device = torch.device(device)
     key = table_key(teacher.model, data.identity, pad=pad, mean=data.mean, std=data.std,
@@ -218,12 +242,10 @@ def table_for(teacher: OnlineTeacher, data, *, device: torch.device | str, bf16:
     path = Path(cache_dir) / f"teacher-table-{key}.pt" if cache_dir is not None else None
     if path is not None and path.is_file():
         return TeacherTable.load(path, key=key).to(device)
-    teacher.to(device, channels_last=channels_last)
+    teacher.to(device, channels_last=channels_last, bf16=bf16)
     loader = DeviceLoader(data.train_x, data.train_y, batch_size=batch_size, device=device, mean=data.mean,
                           std=data.std, train=False, pad=pad, channels_last=channels_last)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if bf16 \
-        else contextlib.nullcontext
-    table = compute_table(teacher.model, loader, data_identity=data.identity, key=key, autocast=autocast,
+    table = compute_table(teacher.model, loader, data_identity=data.identity, key=key, autocast=teacher.autocast,
                           batch_size=batch_size)
     if path is not None:
         table.save(path)

@@ -29,7 +29,7 @@ from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.models import build_model, count_params
-from kdsweep.core.step import StepRunner, autocast_for
+from kdsweep.core.step import StepRunner, autocast_for, teacher_bf16
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.errors import KdsweepError
 
@@ -202,8 +202,8 @@ class Run:
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else use_channels_last(model, device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        if teacher is not None:  # the teacher's own layout unless the config fixes one (see OnlineTeacher.to)
-            teacher.to(device, channels_last=cfg.channels_last)
+        if teacher is not None:  # the teacher's own layout unless the config fixes one, and its precision
+            teacher.to(device, channels_last=cfg.channels_last, bf16=teacher_bf16(cfg.precision, device))
         self.model = model
 
         if loaders is None:

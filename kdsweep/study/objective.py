@@ -27,6 +27,7 @@ from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.online import OnlineTeacherRun
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
+from kdsweep.study.tables import describe_source
 from kdsweep.study.teacher import Trained, obtain, weights_payload
 
 
@@ -152,7 +153,8 @@ class Objective:
                                       workdir=self.workdir)
         params = {**cfg.as_params(), "trial": trial.number, "data_identity": self.data.identity,
                   "baseline_run_id": base.run_id,
-                  "teacher_run_id": online.run_id if online else self.teacher.run_id}
+                  "teacher_run_id": online.run_id if online else self.teacher.run_id,
+                  "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg)}
         tags = {"study": self.spec.name, "trial": str(trial.number), "seed": str(seed)}
         attr = f"mlflow_run_id_seed{seed}"
         run_id = self.recorder.start(RunInfo("distilled", key, params, tags, run_id=trial.user_attrs.get(attr)))

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet, num_views
-from kdsweep.core.step import uses_bf16
+from kdsweep.core.step import teacher_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherSource, table_for
+from kdsweep.core.trainer import resolve_device
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.spec import StudySpec
 
@@ -42,7 +44,13 @@ def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *,
     if not wants_table(spec):
         return online
     dev = torch.device(device)
-    bf16 = uses_bf16(spec.student.recipe.precision, dev)
+    bf16 = teacher_bf16(spec.student.recipe.precision, dev)  # what the trainer gives the online teacher
     with locks.hold(f"teacher-table:{spec.name}"):  # workers of one study: one computes, the others read
         table = table_for(online, data, device=dev, bf16=bf16, pad=PAD, cache_dir=Path(workdir) / "tables")
     return TableTeacher(table, online)
+
+
+def describe_source(source: TeacherSource, cfg: TrainConfig) -> str:
+    """Where a distilled run's soft targets come from, for its params: ``view table, bf16``, ``online, fp32``."""
+    kind = "view table" if isinstance(source, TableTeacher) else "online"
+    return f"{kind}, {'bf16' if teacher_bf16(cfg.precision, resolve_device(cfg.device)) else 'fp32'}"
