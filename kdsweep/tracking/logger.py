@@ -19,6 +19,7 @@ from typing import Any
 
 from kdsweep.core.trainer import EpochMetrics
 from kdsweep.errors import TrackingError
+from kdsweep.interrupts import held
 from kdsweep.study.recorder import FinishedRun, RunInfo
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
@@ -82,7 +83,8 @@ class Guarded:
             from mlflow.exceptions import MlflowException
 
             try:
-                return attr(*args, **kwargs)
+                with held():  # a Ctrl-C inside a store's write could leave its lock held
+                    return attr(*args, **kwargs)
             except (MlflowException, OSError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise TrackingError(f"tracking_uri={self._uri!r}: MLflow {name} failed: {first[:400]}") from exc
