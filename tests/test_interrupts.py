@@ -18,15 +18,19 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt  # what the CLI installs for SIGTERM
 
 
-@pytest.fixture
-def sigterm_interrupts():
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+@pytest.fixture(autouse=True)
+def interrupts():
+    """Python's own SIGINT handler and the CLI's SIGTERM one, whatever this process inherited
+    (a shell's background job starts with SIGINT ignored, and Python then installs none)."""
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)}
     yield
-    signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_inside_the_block_is_raised_when_it_ends(sig, sigterm_interrupts):
+def test_a_signal_inside_the_block_is_raised_when_it_ends(sig):
     before = signal.getsignal(sig)
     done = []
     with pytest.raises(KeyboardInterrupt):
@@ -37,7 +41,7 @@ def test_a_signal_inside_the_block_is_raised_when_it_ends(sig, sigterm_interrupt
     assert signal.getsignal(sig) is before
 
 
-def test_a_second_signal_is_not_held(sigterm_interrupts):
+def test_a_second_signal_is_not_held():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with held():
