@@ -36,7 +36,6 @@ def test_precision_rules_for_the_step_and_the_teacher():
     assert uses_bf16("auto", gpu) and not uses_bf16("auto", cpu)  # a student's step stays fp32 on the CPU
     assert teacher_bf16("auto", gpu) and teacher_bf16("bf16", cpu)
     assert not teacher_bf16("fp32", gpu) and not teacher_bf16("fp32", cpu)  # fp32 asked: fp32 everywhere
-    assert teacher_bf16("auto", cpu) == cpu_has_native_bf16()
 
 
 def test_native_bf16_detection_agrees_with_the_cpu_flags():
@@ -44,7 +43,9 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     except (OSError, StopIteration):
         pytest.skip("no /proc/cpuinfo flags on this system")
-    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_tile"} & set(flags))
+    native = bool({"avx512_bf16", "amx_tile"} & set(flags))
+    assert cpu_has_native_bf16() == native
+    assert teacher_bf16("auto", torch.device("cpu")) == native  # the teacher in bf16 on the CPU only there
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant", "onecycle"])

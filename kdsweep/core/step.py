@@ -83,18 +83,24 @@ def teacher_bf16(precision: str, device: torch.device) -> bool:
     """Whether a frozen teacher's forward (online or for a view table) runs under bf16 autocast.
 
     As the training step, and also under ``auto`` on a CPU with native bf16: there a resnet18
-    x0.5 forward is 1.9x faster in bf16 than channels_last fp32 (3.7x than NCHW fp32), while a
-    small student's step (its backward included) gains nothing, so the student stays fp32.
+    x0.5 forward is 1.7-1.9x faster in bf16 than in channels_last fp32, while a small student's
+    step (its backward included) gains nothing, so the student stays fp32
+    (benchmarks/precision_probe.py, numbers in docs/PERFORMANCE.md).
     """
     return uses_bf16(precision, device) or (precision == "auto" and device.type == "cpu" and cpu_has_native_bf16())
+
+
+def bf16_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on ``device``, the one way kdsweep enters it (training steps, teachers, tables)."""
+    # no weight-cast cache: it must be off under graph capture, and one forward per region gains nothing
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """The bf16 autocast context of this run, or a no-op one."""
     if not uses_bf16(cfg.precision, device):
         return contextlib.nullcontext
-    # no weight-cast cache: it must be off under graph capture, and one forward per region gains nothing
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return lambda: bf16_autocast(device)
 
 
 def lr_table(opt: torch.optim.Optimizer, make_schedule: Callable[[torch.optim.Optimizer], object],

@@ -29,6 +29,7 @@ from torch import nn
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.loader import DeviceLoader, augment, num_views, view_to_offsets
+from kdsweep.core.step import bf16_autocast
 from kdsweep.errors import CheckpointError
 
 
@@ -93,9 +94,7 @@ class OnlineTeacher:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context this teacher's forward runs in: bf16 autocast, or none."""
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+        return bf16_autocast(self.device) if self.bf16 else contextlib.nullcontext()
 
     def for_run(self, data_identity: str, loader: DeviceLoader) -> "OnlineTeacher":
         """The source to use for batches of ``loader`` (an online teacher covers every batch)."""
