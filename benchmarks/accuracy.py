@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdsweep.core.config import TrainConfig  # noqa: E402
 from kdsweep.core.data import load_dataset  # noqa: E402
-from kdsweep.core.step import teacher_bf16  # noqa: E402
+from kdsweep.core.precision import teacher_bf16  # noqa: E402
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, table_for  # noqa: E402
 from kdsweep.core.trainer import train  # noqa: E402
 

@@ -53,7 +53,7 @@ from kdsweep.core.losses import kd_loss  # noqa: E402
 from kdsweep.core.models import build_model  # noqa: E402
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherTable, compute_table  # noqa: E402
 from kdsweep.core.packing import train_group  # noqa: E402
-from kdsweep.core.step import teacher_bf16  # noqa: E402
+from kdsweep.core.precision import teacher_bf16  # noqa: E402
 from kdsweep.core.trainer import DeviceLoader, RunRequest, train  # noqa: E402
 
 DEFAULTS = {  # device -> sizes; the CPU here is small, so fewer images and a narrower pair

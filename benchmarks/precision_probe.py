@@ -2,7 +2,7 @@
 
     python benchmarks/precision_probe.py            # CPU; --device cuda for a GPU
 
-Decides which parts of a KD step pay for bf16 on a machine (see core/step.py: teacher_bf16).
+Decides which parts of a KD step pay for bf16 on a machine (see core/precision.py: teacher_bf16).
 Prints img/s for each (model, layout, precision): the median of --forwards timed forwards
 (eval, inference mode) and of --steps timed steps (forward, a loss, backward, SGD + momentum),
 on random 3x32x32 batches, after one untimed call of each.
@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdsweep.core.models import build_model  # noqa: E402
-from kdsweep.core.step import cpu_has_native_bf16  # noqa: E402
+from kdsweep.core.precision import cpu_has_native_bf16  # noqa: E402
 
 
 def median_seconds(fn, n: int, device: torch.device) -> float:

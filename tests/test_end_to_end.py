@@ -8,7 +8,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli, write_spec
-from kdsweep.core.step import teacher_bf16
+from kdsweep.core.precision import teacher_bf16
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,8 @@ from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, synthetic_imageset
 from kdsweep.core.loader import EpochDraws
 from kdsweep.core.models import build_model
-from kdsweep.core.step import cpu_has_native_bf16, graph_blocker, lr_table, resolve_accel, teacher_bf16, uses_bf16
+from kdsweep.core.precision import cpu_has_native_bf16, teacher_bf16, uses_bf16
+from kdsweep.core.step import graph_blocker, lr_table, resolve_accel
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, table_for
 from kdsweep.core.trainer import make_optimizer, make_schedule, train
 

@@ -8,7 +8,7 @@ import torch
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, synthetic_imageset
 from kdsweep.core.models import build_model
-from kdsweep.core.step import teacher_bf16
+from kdsweep.core.precision import teacher_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher
 from kdsweep.study.recorder import NullRecorder
 from kdsweep.study.runner import run_study

@@ -9,7 +9,7 @@ import torch
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, num_views, synthetic_imageset
 from kdsweep.core.models import build_model
-from kdsweep.core.step import teacher_bf16
+from kdsweep.core.precision import teacher_bf16
 from kdsweep.core.teachers import (
     OnlineTeacher, TableTeacher, TeacherTable, fold_batchnorm, table_for, table_key, weights_digest,
 )

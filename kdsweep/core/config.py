@@ -37,7 +37,7 @@ class TrainConfig:
     augment: bool = True  # 4-pixel-pad random crop + horizontal flip
     seed: int = 0
     device: str = "cpu"
-    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU (teacher: step.teacher_bf16)
+    precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU (teacher: precision.teacher_bf16)
     channels_last: bool | None = None  # None = on for CUDA and CPU convnets (faster on both)
 
     def __post_init__(self) -> None:

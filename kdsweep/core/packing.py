@@ -26,7 +26,8 @@ import torch
 from kdsweep.core.data import ImageSet
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.models import build_model
-from kdsweep.core.step import resolve_accel, uses_bf16
+from kdsweep.core.precision import uses_bf16
+from kdsweep.core.step import resolve_accel
 from kdsweep.core.trainer import Run, RunRequest, TrainResult, resolve_device
 
 

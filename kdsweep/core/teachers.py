@@ -29,7 +29,7 @@ from torch import nn
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.loader import DeviceLoader, augment, num_views, view_to_offsets
-from kdsweep.core.step import bf16_autocast
+from kdsweep.core.precision import bf16_autocast
 from kdsweep.errors import CheckpointError
 
 
@@ -80,7 +80,7 @@ class OnlineTeacher:
         The teacher's layout and precision need not match the student's: a narrow student stays
         NCHW on the CPU (see kdsweep.core.layout), while a wide teacher's forward is ~1.3x faster
         in channels_last there, whatever the input's layout; ``bf16`` runs the forward under its
-        own bf16 autocast (see kdsweep.core.step.teacher_bf16); None keeps the current choice.
+        own bf16 autocast (see kdsweep.core.precision.teacher_bf16); None keeps the current choice.
         """
         device = torch.device(device)
         self.model.to(device)
@@ -232,7 +232,7 @@ def table_for(teacher: OnlineTeacher, data, *, device: torch.device | str, bf16:
     """The view table of ``teacher`` on ``data``'s training split: read from ``cache_dir`` or computed (and saved).
 
     ``bf16``/``channels_last`` must be what the trainer gives the online teacher (its
-    :func:`kdsweep.core.step.teacher_bf16` and layout), so the table holds what the online
+    :func:`kdsweep.core.precision.teacher_bf16` and layout), so the table holds what the online
     teacher would return inside the training step.
     """
     device = torch.device(device)

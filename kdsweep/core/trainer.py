@@ -29,7 +29,8 @@ from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.models import build_model, count_params
-from kdsweep.core.step import StepRunner, autocast_for, teacher_bf16
+from kdsweep.core.precision import autocast_for, teacher_bf16
+from kdsweep.core.step import StepRunner
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.errors import KdsweepError
 

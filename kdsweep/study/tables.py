@@ -17,7 +17,7 @@ import torch
 
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet, num_views
-from kdsweep.core.step import teacher_bf16
+from kdsweep.core.precision import teacher_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherSource, table_for
 from kdsweep.core.trainer import resolve_device
 from kdsweep.study.coordination import Locks, ProcessLocks
