@@ -203,3 +203,14 @@ def mlflow_server(tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+def kd_config(**kw):
+    """A TrainConfig written the short way: ``alpha``/``temperature`` mean method kd (alpha 0: ce)."""
+    from kdsweep.core.config import TrainConfig
+
+    alpha, temperature = kw.pop("alpha", None), kw.pop("temperature", None)
+    if alpha is not None and alpha > 0 or (alpha is None and temperature is not None):
+        params = {k: v for k, v in (("alpha", alpha), ("temperature", temperature)) if v is not None}
+        kw.update(method="kd", method_params=params)
+    return TrainConfig(**kw)

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import kd_config
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.packing import can_pack, pack_key, train_group
 from kdsweep.core.teachers import OnlineTeacher
@@ -21,6 +22,12 @@ class Counting:
         self.online.to(device, channels_last=channels_last, bf16=bf16)
         return self
 
+    def for_run(self, data_identity, loader):
+        return self
+
+    def compiled(self):
+        return self
+
     def __call__(self, batch):
         self.calls += 1
         return self.online(batch)
@@ -28,7 +35,7 @@ class Counting:
 
 def cfg(**kw) -> TrainConfig:
     base = dict(arch="resnet8", width=0.25, epochs=3, batch_size=32, lr=0.05, device="cpu", alpha=0.9)
-    return TrainConfig(**{**base, **kw})
+    return kd_config(**{**base, **kw})
 
 
 def same_run(a, b) -> None:

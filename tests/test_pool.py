@@ -4,13 +4,14 @@ import time
 
 import pytest
 
+from conftest import kd_config
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.pool import TrainingPool
 from kdsweep.core.trainer import train
 
 
 def cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{**dict(arch="resnet8", width=0.25, epochs=2, batch_size=32, lr=0.05, alpha=0.9), **kw})
+    return kd_config(**{**dict(arch="resnet8", width=0.25, epochs=2, batch_size=32, lr=0.05, alpha=0.9), **kw})
 
 
 def test_threads_get_their_own_results_from_packed_loops(kd_data, kd_teacher):

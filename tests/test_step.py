@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import kd_config
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, synthetic_imageset
 from kdsweep.core.loader import EpochDraws
@@ -51,7 +52,7 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant", "onecycle"])
 def test_lr_table_is_the_schedulers_own_sequence(schedule):
-    cfg = TrainConfig(arch="resnet8", width=0.25, epochs=3, lr=0.3, schedule=schedule)
+    cfg = kd_config(arch="resnet8", width=0.25, epochs=3, lr=0.3, schedule=schedule)
     model = build_model("resnet8", num_classes=4, width=0.25)
     opt = make_optimizer(cfg, model, torch.device("cpu"))
     sched = make_schedule(cfg, opt, 5)
@@ -82,13 +83,13 @@ def test_device_positions_give_the_eager_batches(data):
 
 def test_graph_blockers():
     model = build_model("resnet8", num_classes=4, width=0.25)
-    sgd = TrainConfig(arch="resnet8")
+    sgd = kd_config(arch="resnet8")
     fused = torch.optim.SGD(model.parameters(), lr=0.1, fused=True) if torch.cuda.is_available() else None
     plain = torch.optim.SGD(model.parameters(), lr=0.1)
     assert "fused SGD" in graph_blocker(sgd, plain, None)
     if fused is not None:
         assert graph_blocker(sgd, fused, None) is None
-        assert "one-cycle" in graph_blocker(TrainConfig(arch="resnet8", schedule="onecycle"), fused, None)
+        assert "one-cycle" in graph_blocker(kd_config(arch="resnet8", schedule="onecycle"), fused, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def test_graph_blockers():
 def _cfg(**kw):
     base = dict(arch="resnet8", width=0.5, epochs=3, batch_size=32, lr=0.05, alpha=0.9, temperature=4.0,
                 ema_decay=0.9, device="cuda")
-    return TrainConfig(**{**base, **kw})
+    return kd_config(**{**base, **kw})
 
 
 @cuda

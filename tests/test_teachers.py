@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import kd_config
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, num_views, synthetic_imageset
 from kdsweep.core.models import build_model
@@ -100,7 +101,7 @@ def test_batches_outside_the_table_go_to_the_online_teacher(table, teacher, data
 
 
 def test_training_with_the_table_matches_training_with_the_online_teacher(table, teacher, data):
-    cfg = TrainConfig(arch="resnet8", width=0.25, epochs=2, batch_size=16, lr=0.05, alpha=0.9, temperature=4.0,
+    cfg = kd_config(arch="resnet8", width=0.25, epochs=2, batch_size=16, lr=0.05, alpha=0.9, temperature=4.0,
                       device="cpu", precision="fp32")  # the table fixture is fp32
     online = train(cfg, data, teacher=teacher)
     looked_up = train(cfg, data, teacher=TableTeacher(table, teacher))
@@ -137,7 +138,7 @@ def test_a_table_of_another_precision_is_left_to_the_online_teacher(table, teach
 
 def test_the_trainer_gives_the_teacher_its_precision(teacher, data):
     own = OnlineTeacher(copy.deepcopy(teacher.model))
-    cfg = TrainConfig(arch="resnet8", width=0.25, epochs=1, batch_size=16, alpha=0.9, device="cpu")
+    cfg = kd_config(arch="resnet8", width=0.25, epochs=1, batch_size=16, alpha=0.9, device="cpu")
     for precision in ("fp32", "bf16", "auto"):
         train(dataclasses.replace(cfg, precision=precision), data, teacher=own)
         assert own.bf16 == teacher_bf16(precision, torch.device("cpu")), precision

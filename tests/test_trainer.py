@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import kd_config
 from kdsweep.core.checkpoint import load_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import synthetic_imageset
@@ -20,7 +21,7 @@ def data():
 
 def cfg(**kw) -> TrainConfig:
     base = dict(arch="resnet8", width=0.25, epochs=3, batch_size=32, lr=0.05, device="cpu")
-    return TrainConfig(**{**base, **kw})
+    return kd_config(**{**base, **kw})
 
 
 def test_loss_decreases_and_accuracy_beats_chance(data):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
 
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["cosine", "onecycle", "constant"]
@@ -31,8 +31,8 @@ class TrainConfig:
     schedule: Schedule = "cosine"  # stepped per batch, not per epoch
     label_smoothing: float = 0.0  # off by default: a label-smoothed teacher distils worse
     ema_decay: float = 0.0  # 0 = no EMA; else weight of the old average per step
-    temperature: float = 4.0  # KD softmax temperature T
-    alpha: float = 0.0  # weight of the KD term; 0 = plain cross-entropy (no teacher needed)
+    method: str = "ce"  # the loss, a name in kdsweep.core.methods.LOSSES; ce = no teacher
+    method_params: Mapping[str, float] = field(default_factory=dict)  # that method's params (defaults filled in)
     patience: int = 0  # early stopping: epochs without a better test accuracy; 0 = off
     augment: bool = True  # 4-pixel-pad random crop + horizontal flip
     seed: int = 0
@@ -49,21 +49,28 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "ema_decay": 0 <= self.ema_decay < 1,
-            "temperature": self.temperature > 0,
-            "alpha": 0 <= self.alpha <= 1,
             "patience": self.patience >= 0,
         }
-        for field, ok in checks.items():
+        for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r} is out of range")
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range")
+        from kdsweep.core.methods import LOSSES
+
+        # resolved once: every param of the method present, each checked against its bounds
+        object.__setattr__(self, "method_params", LOSSES.get(self.method).resolve(dict(self.method_params)))
 
     @property
     def distills(self) -> bool:
-        return self.alpha > 0
+        """Whether this run learns from a teacher (its method needs teacher logits)."""
+        from kdsweep.core.methods import LOSSES
+
+        return LOSSES.get(self.method).needs_teacher
 
     def as_params(self) -> dict[str, object]:
-        """Flat dict for logging (MLflow params)."""
-        return dataclasses.asdict(self)
+        """Flat dict for logging (MLflow params): the method's params as ``<method>.<param>``."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "method_params"}
+        out.update({f"{self.method}.{k}": v for k, v in sorted(self.method_params.items())})
+        return out
 
     def fingerprint(self, *, data_identity: str, ignore: tuple[str, ...] = ("device",)) -> str:
         """Hash of everything that changes the trained weights, plus the data's identity.

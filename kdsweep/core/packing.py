@@ -31,6 +31,9 @@ from kdsweep.core.step import resolve_accel
 from kdsweep.core.trainer import Run, RunRequest, TrainResult, resolve_device
 
 
+CO_TRAINED = "co-trained"  # pack_key's teacher entry for a run with a teacher trained beside it
+
+
 def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
     """What must be equal for runs to share one loop (batches, layout, precision); None: train alone.
 
@@ -50,7 +53,8 @@ def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
         except Exception:  # a model that cannot be built without weights: train it alone
             return None
         layout = use_channels_last(net, device)
-    teacher = id(req.teacher) if cfg.distills else None
+    # a co-trained teacher is the run's own (it steps inside the run's step): it shares with nobody
+    teacher = CO_TRAINED if req.co_teacher is not None else id(req.teacher) if cfg.distills else None
     return (data.identity, cfg.seed, cfg.batch_size, cfg.augment, str(device), uses_bf16(cfg.precision, device),
             layout, teacher)
 
@@ -61,7 +65,7 @@ def can_pack(keys: list[tuple | None]) -> bool:
         return True
     if any(k is None for k in keys) or len({k[:-1] for k in keys}) != 1:  # type: ignore[index]
         return False
-    return len({k[-1] for k in keys if k[-1] is not None}) <= 1  # type: ignore[index]
+    return len({k[-1] for k in keys if k[-1] not in (None, CO_TRAINED)}) <= 1  # type: ignore[index]
 
 
 def train_group(requests: list[RunRequest], data: ImageSet) -> list[TrainResult | Exception]:
@@ -99,16 +103,17 @@ def train_group(requests: list[RunRequest], data: ImageSet) -> list[TrainResult 
 
 def _run_epochs(runs: dict[int, Run], outcomes: list) -> None:
     first = next(iter(runs.values()))
-    loader, device, autocast = first.runner.loader, first.device, first.autocast
+    loader, device = first.runner.loader, first.device
     last = max(r.cfg.epochs for r in runs.values())
     for epoch in range(min(r.next_epoch for r in runs.values()), last):
         active = {i: r for i, r in runs.items() if outcomes[i] is None and not r.done and r.next_epoch == epoch}
         if not active:
             continue
         for r in active.values():
-            r.runner.begin_epoch()
-        # the teacher is the same object for every run (pack_key); a table covers all or none of them
-        teacher = next((r.runner.teacher for r in active.values() if r.cfg.distills), None)
+            r.begin_epoch(epoch)
+        # a frozen teacher is the same object for every run that has one (pack_key); a table covers all
+        # or none of them. A co-trained teacher steps inside its own run's step (logits None below).
+        teacher = next((r.runner.teacher for r in active.values() if r.cfg.distills and r.co is None), None)
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
         t0 = time.perf_counter()
@@ -116,11 +121,10 @@ def _run_epochs(runs: dict[int, Run], outcomes: list) -> None:
         for batch in loader.epoch(epoch):
             logits = None
             if teacher is not None:
-                with autocast():
-                    logits = teacher(batch)
+                logits = teacher(batch)  # in the teacher's own precision
             for i, r in list(active.items()):
                 try:
-                    r.runner.step(batch, logits)
+                    r.runner.step(batch, logits if r.co is None else None)
                 except Exception as exc:  # a model bug or out of memory in one run ends that run only
                     outcomes[i] = exc
                     del active[i]

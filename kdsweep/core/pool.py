@@ -89,9 +89,9 @@ class TrainingPool:
 
     def train(self, cfg: TrainConfig, data: ImageSet, *, teacher: TeacherSource | None = None,
               on_epoch: Callable[[EpochMetrics], None] | None = None, checkpoint_path: Path | None = None,
-              model: nn.Module | None = None, accel: str = "auto") -> TrainResult:
+              model: nn.Module | None = None, accel: str = "auto", co_teacher: RunRequest | None = None) -> TrainResult:
         """:func:`kdsweep.core.trainer.train`, run by the serving thread; blocks until this run ends."""
-        req = RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel)
+        req = RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel, co_teacher)
         future: Future = Future()
         with self._cond:
             if self._closed is not None:
@@ -174,4 +174,6 @@ def _on_host(result: TrainResult) -> TrainResult:
     result.model.cpu()
     if result.ema_model is not None:
         result.ema_model.cpu()
+    if result.co_teacher is not None:
+        _on_host(result.co_teacher)
     return result

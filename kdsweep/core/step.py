@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.loader import DeviceLoader, EpochDraws
-from kdsweep.core.losses import kd_loss
+from kdsweep.core.methods import LOSSES
 from kdsweep.core.precision import autocast_for
 
 ACCELS = ("auto", "eager", "graph", "compile")
@@ -104,10 +104,14 @@ class StepRunner:
         # static shapes: every step has the same ones, and a dynamic-shape recompile would be slower
         self.forward = torch.compile(model, dynamic=False) if compile_ else model
         self.teacher = teacher
-        if compile_ and teacher is not None and hasattr(teacher, "compiled"):
+        if compile_ and teacher is not None:
             self.teacher = teacher.compiled()
+        self.method = LOSSES.get(cfg.method)
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.term_sums: dict[str, torch.Tensor] = {}  # each named loss term, summed like loss_sum
+        # the 1-based epoch being trained, as a device tensor: a captured graph reads it on replay
+        self.epoch_t = torch.zeros((), dtype=torch.float32, device=self.device)
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self._warm = 0
@@ -129,14 +133,14 @@ class StepRunner:
                 self._ema_groups = [list(zip(*grp)) for grp in (floats, others) if grp]
 
     # -- one step ------------------------------------------------------------------------------
-    def _update(self, batch, teacher_logits: torch.Tensor | None = None) -> None:
+    def _update(self, batch, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
+        if self.method.needs_teacher and teacher_logits is None:
+            teacher_logits = self.teacher(batch)  # a teacher runs in its own precision (core/precision.py)
         with self.autocast():
-            if cfg.distills and teacher_logits is None:
-                teacher_logits = self.teacher(batch)
             logits = self.forward(batch.x)
-        loss = kd_loss(logits, batch.y, teacher_logits, alpha=cfg.alpha, temperature=cfg.temperature,
-                       label_smoothing=cfg.label_smoothing)
+        loss, terms = self.method.loss(logits, batch.y, teacher_logits, cfg.method_params, self.epoch_t,
+                                       label_smoothing=cfg.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -148,8 +152,15 @@ class StepRunner:
             else:
                 self.ema.update_parameters(self.model)
                 self._ema_ready = True
-        self.loss_sum += loss.detach() * batch.y.numel()
-        self.correct += (logits.detach().argmax(1) == batch.y).sum()
+        n = batch.y.numel()
+        self.loss_sum += loss.detach() * n
+        for name, value in terms.items():
+            if name not in self.term_sums:  # first step (eager, before any capture)
+                self.term_sums[name] = torch.zeros((), device=self.device)
+            self.term_sums[name] += value.detach() * n
+        logits = logits.detach()
+        self.correct += (logits.argmax(1) == batch.y).sum()
+        return logits
 
     @torch.no_grad()
     def _ema_lerp(self) -> None:
@@ -175,21 +186,27 @@ class StepRunner:
         self.graph = graph
 
     # -- steps driven from outside (a packed group: one batch and one teacher output for all) ----
-    def begin_epoch(self) -> None:
-        if self.graph_mode:
-            raise RuntimeError("a graph-mode StepRunner runs whole epochs (run_epoch)")
+    def _reset(self, epoch: int) -> None:
         self.loss_sum.zero_()
         self.correct.zero_()
+        for t in self.term_sums.values():
+            t.zero_()
+        self.epoch_t.fill_(epoch + 1)
 
-    def step(self, batch, teacher_logits: torch.Tensor | None) -> None:
-        """One eager step on ``batch`` with the caller's ``teacher_logits`` (unused without KD)."""
-        self._update(batch, teacher_logits)
+    def begin_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (0-based) of steps driven from outside (:meth:`step`)."""
+        if self.graph_mode:
+            raise RuntimeError("a graph-mode StepRunner runs whole epochs (run_epoch)")
+        self._reset(epoch)
+
+    def step(self, batch, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        """One eager step on ``batch`` with the caller's ``teacher_logits`` (unused without KD); its logits, detached."""
+        return self._update(batch, teacher_logits)
 
     # -- one epoch -----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Train one epoch; returns (summed loss, correct predictions, images seen), unsynchronised."""
-        self.loss_sum.zero_()
-        self.correct.zero_()
+        self._reset(epoch)
         if not self.graph_mode:
             seen = 0
             for batch in self.loader.epoch(epoch):

@@ -41,6 +41,14 @@ class TeacherSource(Protocol):
            bf16: bool | None = None) -> "TeacherSource":
         ...
 
+    def for_run(self, data_identity: str, loader: DeviceLoader) -> "TeacherSource":
+        """The source to use for the batches of ``loader`` (a table only where it covers them)."""
+        ...
+
+    def compiled(self) -> Callable:
+        """This source's call under ``torch.compile`` (or itself, where nothing would be compiled)."""
+        ...
+
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of a frozen (eval) model with each Conv+BatchNorm pair folded into one conv.
@@ -220,6 +228,9 @@ class TableTeacher:
     def for_run(self, data_identity: str, loader: DeviceLoader) -> "TableTeacher | OnlineTeacher":
         """This table where it covers ``loader``'s batches, else the online teacher."""
         return self if self.covers(data_identity, loader) else self.online
+
+    def compiled(self) -> "TableTeacher":
+        return self  # a lookup: nothing to compile
 
     def __call__(self, batch) -> torch.Tensor:
         if batch.view is None:  # an evaluation batch: not a training view

@@ -52,9 +52,13 @@ class EpochMetrics:
     lr: float  # learning rate at the end of the epoch
     epoch_seconds: float
     images_per_second: float  # training images per second (evaluation excluded)
+    loss_terms: dict[str, float] = field(default_factory=dict)  # the method's named terms; they sum to train_loss
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "epoch"}
+        """Flat metrics for logging: each loss term as ``loss_<term>``."""
+        out = {k: v for k, v in asdict(self).items() if v is not None and k not in ("epoch", "loss_terms")}
+        out.update({f"loss_{name}": v for name, v in self.loss_terms.items()})
+        return out
 
     @property
     def score(self) -> float:
@@ -71,6 +75,7 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from_epoch: int = 0
     extras: dict[str, float] = field(default_factory=dict)
+    co_teacher: "TrainResult | None" = None  # online distillation: the teacher trained beside this run
 
     @property
     def final(self) -> EpochMetrics:
@@ -146,24 +151,10 @@ def evaluate(model: nn.Module, loader: DeviceLoader, autocast) -> float:
     return correct.item() / max(1, total)
 
 
-def _checkpoint_state(cfg, epoch, model, ema, opt, sched, history, best, bad_epochs) -> dict:
-    return {
-        "config": cfg.as_params(),
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "history": [asdict(m) for m in history],
-        "best": best,
-        "bad_epochs": bad_epochs,
-    }
-
-
-def _same_run(saved: dict, cfg: TrainConfig) -> bool:
+def _same_config(saved: dict | None, cfg: TrainConfig) -> bool:
     ignore = {"device"}
     now = {k: v for k, v in cfg.as_params().items() if k not in ignore}
-    then = {k: v for k, v in saved.get("config", {}).items() if k not in ignore}
+    then = {k: v for k, v in (saved or {}).get("config", {}).items() if k not in ignore}
     return now == then
 
 
@@ -177,6 +168,29 @@ class RunRequest:
     checkpoint_path: Path | None = None
     model: nn.Module | None = None
     accel: str = "auto"
+    # online distillation: the teacher, trained beside this run on the same batches (its method is ce);
+    # its on_epoch sees the teacher's metrics, before this run's
+    co_teacher: "RunRequest | None" = None
+
+
+class CoTrainedTeacher:
+    """A teacher that is itself a run in training: each call is one training step of that run on the
+    batch, and returns the logits of that step's forward (detached, so the student never pushes it)."""
+
+    def __init__(self, run: "Run") -> None:
+        self.run = run
+
+    def __call__(self, batch) -> torch.Tensor:
+        return self.run.runner.step(batch, None)
+
+    def to(self, device: torch.device, *, channels_last: bool | None = None, bf16: bool | None = None):
+        return self  # the teacher run keeps its own device, layout and precision
+
+    def for_run(self, data_identity: str, loader: DeviceLoader) -> "CoTrainedTeacher":
+        return self
+
+    def compiled(self) -> "CoTrainedTeacher":
+        return self  # the teacher run compiles its own forward (same accel as the student)
 
 
 class Run:
@@ -189,8 +203,8 @@ class Run:
     def __init__(self, req: RunRequest, data: ImageSet, *, loaders: tuple[DeviceLoader, DeviceLoader] | None = None,
                  allow_graph: bool = True) -> None:
         cfg, teacher, model = req.cfg, req.teacher, req.model
-        if cfg.distills and teacher is None:
-            raise ValueError(f"alpha={cfg.alpha!r} needs a teacher")
+        if cfg.distills and teacher is None and req.co_teacher is None:
+            raise ValueError(f"method {cfg.method!r} needs a teacher")
         self.cfg, self.on_epoch, self.checkpoint_path = cfg, req.on_epoch, req.checkpoint_path
         device = self.device = resolve_device(cfg.device)
         self.autocast = autocast_for(cfg, device)
@@ -219,7 +233,13 @@ class Run:
             loaders = (train_loader, test_loader)
         self.loaders = loaders
         train_loader, self.test_loader = loaders
-        if teacher is not None and hasattr(teacher, "for_run"):
+        self.co: Run | None = None
+        if req.co_teacher is not None:
+            check_pair(cfg, req.co_teacher.cfg)
+            self.co = Run(req.co_teacher, data, loaders=loaders, allow_graph=False)
+            teacher = CoTrainedTeacher(self.co)
+            allow_graph = False  # the teacher's steps are driven eagerly from inside the student's
+        elif teacher is not None:
             teacher = teacher.for_run(data.identity, train_loader)  # a logit table only where it covers these batches
         steps = len(train_loader)
         if steps == 0:
@@ -237,14 +257,10 @@ class Run:
         self.best, self.bad_epochs, self.start_epoch = -1.0, 0, 0
         if self.checkpoint_path is not None and Path(self.checkpoint_path).exists():
             saved = load_checkpoint(self.checkpoint_path, map_location=device)
-            if _same_run(saved, cfg):
-                model.load_state_dict(saved["model"])
-                if ema is not None and saved["ema"] is not None:
-                    ema.load_state_dict(saved["ema"])
-                opt.load_state_dict(saved["optimizer"])
-                sched.load_state_dict(saved["scheduler"])
-                self.history = [EpochMetrics(**m) for m in saved["history"]]
-                self.best, self.bad_epochs, self.start_epoch = saved["best"], saved["bad_epochs"], saved["epoch"]
+            if _same_config(saved, cfg) and (self.co is None or _same_config(saved.get("co"), self.co.cfg)):
+                self._restore(saved)
+                if self.co is not None:
+                    self.co._restore(saved["co"])
 
         self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
                                  teacher, accel=req.accel, allow_graph=allow_graph)
@@ -252,24 +268,77 @@ class Run:
         self.next_epoch = self.start_epoch
         model.train()
 
+    def _restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        if self.ema is not None and saved["ema"] is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.history = [EpochMetrics(**m) for m in saved["history"]]
+        self.best, self.bad_epochs, self.start_epoch = saved["best"], saved["bad_epochs"], saved["epoch"]
+        self.next_epoch = self.start_epoch
+
+    def state(self) -> dict:
+        """Everything a rerun needs to continue this run (and its co-trained teacher) after the last epoch."""
+        return {
+            "config": self.cfg.as_params(), "epoch": self.next_epoch, "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "history": [asdict(m) for m in self.history], "best": self.best, "bad_epochs": self.bad_epochs,
+            "co": self.co.state() if self.co is not None else None,
+        }
+
     @property
     def done(self) -> bool:
         return self.stopped_early or self.next_epoch >= self.cfg.epochs
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` of steps driven from outside (a packed group), the co-trained teacher's too."""
+        if self.co is not None:
+            self.co.runner.begin_epoch(epoch)
+        self.runner.begin_epoch(epoch)
+
+    def run_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Train epoch ``epoch`` of this run alone (eager or graph steps), the co-trained teacher's steps included."""
+        if self.co is not None:
+            self.co.runner.begin_epoch(epoch)
+        return self.runner.run_epoch(epoch)
 
     def finish_epoch(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,
                      train_seconds: float | None = None) -> EpochMetrics:
         """Close epoch ``epoch`` (0-based): evaluate, record, checkpoint, call ``on_epoch``.
 
         ``train_seconds`` is the epoch's training time when the caller measured it (a group's
-        shared epoch); otherwise it is taken here, after the epoch's one host sync.
+        shared epoch); otherwise it is taken here, after the epoch's one host sync. A co-trained
+        teacher's epoch is closed first, both go into one checkpoint, and its ``on_epoch`` runs first.
         """
+        if train_seconds is None:
+            train_seconds = time.perf_counter() - t0
+        co_metrics = None
+        if self.co is not None:
+            r = self.co.runner
+            co_metrics = self.co._close(epoch, r.loss_sum, r.correct, seen, t0, train_seconds, who="online teacher ")
+        metrics = self._close(epoch, loss_sum, correct, seen, t0, train_seconds)
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.state(), Path(self.checkpoint_path))
+        if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+            self.stopped_early = True
+        if co_metrics is not None and self.co.on_epoch is not None:
+            self.co.on_epoch(co_metrics)
+        if self.on_epoch is not None:
+            self.on_epoch(metrics)
+        return metrics
+
+    def _close(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,
+               train_seconds: float | None, who: str = "") -> EpochMetrics:
         cfg = self.cfg
         train_loss = loss_sum.item() / seen  # the epoch's one host sync
         if train_seconds is None:
             train_seconds = time.perf_counter() - t0
         self.next_epoch = epoch + 1
         if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
+            raise DivergedError(f"{who}training loss became {train_loss} in epoch {epoch + 1} (lr={cfg.lr})")
+        terms = {name: t.item() / seen for name, t in self.runner.term_sums.items()}
         eval_start = time.perf_counter()
         test_acc = evaluate(self.model, self.test_loader, self.autocast)
         test_acc_ema = evaluate(self.ema.module, self.test_loader, self.autocast) if self.ema is not None else None
@@ -277,19 +346,13 @@ class Run:
             epoch=epoch + 1, train_loss=train_loss, train_acc=correct.item() / seen, test_acc=test_acc,
             test_acc_ema=test_acc_ema, lr=self.sched.get_last_lr()[0],
             epoch_seconds=train_seconds + time.perf_counter() - eval_start, images_per_second=seen / train_seconds,
+            loss_terms=terms,
         )
         self.history.append(metrics)
         if metrics.score > self.best:
             self.best, self.bad_epochs = metrics.score, 0
         else:
             self.bad_epochs += 1
-        if self.checkpoint_path is not None:
-            save_checkpoint(_checkpoint_state(cfg, epoch + 1, self.model, self.ema, self.opt, self.sched,
-                                              self.history, self.best, self.bad_epochs), Path(self.checkpoint_path))
-        if cfg.patience and self.bad_epochs >= cfg.patience:
-            self.stopped_early = True
-        if self.on_epoch is not None:
-            self.on_epoch(metrics)
         return metrics
 
     def to_end(self) -> TrainResult:
@@ -299,7 +362,7 @@ class Run:
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()  # this run's stream only: trials may share the GPU
             t0 = time.perf_counter()
-            loss_sum, correct, seen = self.runner.run_epoch(epoch)
+            loss_sum, correct, seen = self.run_epoch(epoch)
             self.finish_epoch(epoch, loss_sum, correct, seen, t0)
         return self.result()
 
@@ -308,7 +371,22 @@ class Run:
             model=self.model, ema_model=self.ema, history=self.history, num_params=count_params(self.model),
             stopped_early=self.stopped_early, resumed_from_epoch=self.start_epoch,
             extras={"cuda_graph": float(self.runner.graph is not None)},
+            co_teacher=self.co.result() if self.co is not None else None,
         )
+
+
+# what a co-trained teacher and its student share: they step on the same batches for the same epochs
+PAIR_SHARED = ("epochs", "batch_size", "augment", "seed", "device", "precision")
+
+
+def check_pair(student: TrainConfig, teacher: TrainConfig) -> None:
+    """Both configs of an online pair must agree on what they share; ValueError names the first mismatch."""
+    for name in PAIR_SHARED:
+        if getattr(student, name) != getattr(teacher, name):
+            raise ValueError(f"online distillation needs the same {name} for teacher and student, got "
+                             f"teacher {getattr(teacher, name)!r} and student {getattr(student, name)!r}")
+    if teacher.distills:
+        raise ValueError(f"the online teacher learns from labels only; its method must be ce, got {teacher.method!r}")
 
 
 def train(
@@ -320,15 +398,18 @@ def train(
     checkpoint_path: Path | None = None,
     model: nn.Module | None = None,
     accel: str = "auto",
+    co_teacher: RunRequest | None = None,
 ) -> TrainResult:
-    """Train ``cfg.arch`` on ``data``; distil from ``teacher`` when ``cfg.alpha > 0``.
+    """Train ``cfg.arch`` on ``data``; distil from ``teacher`` when the config's method needs one.
 
     ``on_epoch`` is called after each epoch (after the checkpoint is written); it may raise to
     stop the run (Optuna pruning raises TrialPruned through here untouched).
     ``accel`` picks how steps run (kdsweep.core.step): ``auto`` captures each step as a CUDA graph
     on CUDA and runs eagerly elsewhere; ``eager``, ``graph`` and ``compile`` force a mode.
+    ``co_teacher`` trains a teacher beside the student on the same batches (online distillation);
+    its result is the returned result's ``co_teacher``.
     """
-    return Run(RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel), data).to_end()
+    return Run(RunRequest(cfg, teacher, on_epoch, checkpoint_path, model, accel, co_teacher), data).to_end()
 
 
 def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",

@@ -168,11 +168,11 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (test_acc {m.score:.4f})")
 
         try:
-            if online is not None:
-                result = online.train(cfg, on_epoch)
-            else:
-                result = self.train_fn(cfg, self.data, teacher=self.source, on_epoch=on_epoch, accel=self.spec.accel,
-                                       checkpoint_path=self.workdir / "progress" / f"distilled-{key}.pt")
+            # an online pair keeps the checkpoint name it always had (a resumed pair finds its epochs)
+            progress = f"online-{online.key}.pt" if online is not None else f"distilled-{key}.pt"
+            result = self.train_fn(cfg, self.data, teacher=None if online else self.source, on_epoch=on_epoch,
+                                   accel=self.spec.accel, checkpoint_path=self.workdir / "progress" / progress,
+                                   co_teacher=online.request() if online else None)
         except optuna.TrialPruned as exc:
             for rid in [run_id] + ([online.run_id] if online else []):
                 self.recorder.fail(rid, str(exc), killed=True)
@@ -183,7 +183,7 @@ class Objective:
             for rid in [run_id] + ([online.run_id] if online else []):
                 self.recorder.fail(rid, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
             raise
-        teacher_acc = online.finish() if online is not None else self.teacher.test_acc
+        teacher_acc = online.finish(result) if online is not None else self.teacher.test_acc
         summary = result.summary()
         summary["delta_vs_baseline"] = summary["final_test_acc"] - base.test_acc
         summary["delta_vs_teacher"] = summary["final_test_acc"] - teacher_acc

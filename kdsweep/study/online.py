@@ -1,21 +1,22 @@
 """The teacher of an online-distillation trial (``teacher.mode: online``).
 
-Each trial and seed trains a fresh teacher beside its student (``core.online.train_online``).
-That teacher is recorded as its own run (role ``teacher``, tags ``trial``, ``seed`` and
-``mode=online``), so the report finds it through the distilled run's ``teacher_run_id`` as it
-does a pretrained teacher, and a retried trial reopens the same run.
+Each trial and seed trains a fresh teacher beside its student, through the same run machinery
+as every other run: the student's ``RunRequest`` carries the teacher's as ``co_teacher``
+(``core.trainer.CoTrainedTeacher``), so graphs aside, precision, layout, evaluation, resume,
+early stopping and packing are the ones every run has. That teacher is recorded as its own run
+(role ``teacher``, tags ``trial``, ``seed`` and ``mode=online``), so the report finds it through
+the distilled run's ``teacher_run_id`` as it does a pretrained teacher, and a retried trial
+reopens the same run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet
-from kdsweep.core.online import train_online
-from kdsweep.core.trainer import EpochMetrics, TrainResult
+from kdsweep.core.trainer import RunRequest, TrainResult
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.teacher import weights_payload
@@ -34,7 +35,7 @@ def teacher_config(spec: StudySpec, student: TrainConfig) -> TrainConfig:
 
 
 class OnlineTeacherRun:
-    """Starts the teacher's run, trains the pair, and finishes (or fails) the teacher's run."""
+    """Starts the teacher's run, hands out its ``RunRequest``, and finishes (or fails) the teacher's run."""
 
     def __init__(self, spec: StudySpec, data: ImageSet, student: TrainConfig, *, recorder: Recorder, trial,
                  seed: int, workdir: Path) -> None:
@@ -52,21 +53,16 @@ class OnlineTeacherRun:
         trial.set_user_attr(attr, self.run_id)
         self.result: TrainResult | None = None
 
-    def train(self, student: TrainConfig, on_epoch: Callable[[EpochMetrics], None]) -> TrainResult:
-        """Train the pair; the teacher's epochs are logged before the student's callback (which may prune)."""
-        def both(s: EpochMetrics, t: EpochMetrics) -> None:
-            self.recorder.log_epoch(self.run_id, t)
-            on_epoch(s)
+    def request(self) -> RunRequest:
+        """The teacher's run, to train beside the student; its epochs are logged before the student's
+        callback (which may prune)."""
+        return RunRequest(self.cfg, on_epoch=lambda m: self.recorder.log_epoch(self.run_id, m))
 
-        out = train_online(student, self.cfg, self.data, on_epoch=both,
-                           checkpoint_path=self.workdir / "progress" / f"online-{self.key}.pt")
-        self.result = out.teacher
-        return out.student
-
-    def finish(self) -> float:
-        """Record the trained teacher and return its final test accuracy."""
-        if self.result is None:
-            raise RuntimeError("OnlineTeacherRun.finish() before train()")
+    def finish(self, student: TrainResult) -> float:
+        """Record the teacher trained beside ``student`` and return its final test accuracy."""
+        if student.co_teacher is None:
+            raise RuntimeError("OnlineTeacherRun.finish() needs the result of a run trained with its request()")
+        self.result = student.co_teacher
         summary = self.result.summary()
         final = save_checkpoint(weights_payload(self.cfg, self.data.num_classes, self.result.scored_model),
                                 self.workdir / "models" / f"teacher-online-{self.key}.pt")

@@ -1,7 +1,9 @@
 """Turn a StudySpec and an Optuna trial into TrainConfigs.
 
-Three roles get configs: the teacher, the baseline student (no KD, same width, seed, epochs and
-recipe as the distilled one, so a delta measures distillation alone) and the distilled student.
+Three roles get configs: the teacher, the baseline student (no KD: method ``ce``, same width,
+seed, epochs and recipe as the distilled one, so a delta measures distillation alone) and the
+distilled student. Sampling is define-by-run: a trial draws ``method`` first, then only that
+method's params (``kd.temperature``, ``dkd.beta``...), so a trial's params are its method's.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from kdsweep.core.config import TrainConfig
-from kdsweep.study.spec import Choices, Range, Recipe, StudySpec
+from kdsweep.core.methods import LOSSES
+from kdsweep.core.searchable import RECIPE, method_searchables
+from kdsweep.study.spec import Choices, Param, Range, StudySpec
 
-SEARCHABLE = ("temperature", "alpha", "ema_decay", "lr", "width")
 
-
-def _recipe_fields(recipe: Recipe) -> dict[str, Any]:
+def _recipe_fields(recipe) -> dict[str, Any]:
     return recipe.model_dump()
 
 
@@ -23,32 +25,48 @@ def teacher_config(spec: StudySpec, device: str) -> TrainConfig:
     return TrainConfig(arch=t.arch, width=t.width, seed=t.seed, device=device, **_recipe_fields(t.recipe))
 
 
-def defaults(spec: StudySpec) -> dict[str, float]:
-    """The student's values for everything not searched."""
+def method_default(spec: StudySpec, method: str, param: str) -> float:
+    """``student.<method>.<param>`` when set, else the method's published default."""
+    given = spec.student.method_params(method)
+    return given[param] if param in given else next(p.default for p in LOSSES.get(method).params if p.name == param)
+
+
+def defaults(spec: StudySpec, method: str | None = None) -> dict[str, Any]:
+    """The student's values for everything not searched (one method's params: ``method``'s)."""
     s = spec.student
-    return {"temperature": s.temperature, "alpha": s.alpha, "ema_decay": s.recipe.ema_decay,
-            "lr": s.recipe.lr, "width": s.width}
-
-
-def sample(trial, spec: StudySpec) -> dict[str, float]:
-    """Ask the trial for every searched value; fixed values are recorded as user attributes."""
-    values = defaults(spec)
-    for name, p in spec.search.items():
-        if isinstance(p, Range):
-            if p.step is not None:
-                values[name] = trial.suggest_float(name, p.low, p.high, step=p.step)
-            else:
-                values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
-        elif isinstance(p, Choices):
-            values[name] = trial.suggest_categorical(name, list(p.choices))
-        else:
-            values[name] = float(p)
+    method = method or s.method
+    values: dict[str, Any] = {"ema_decay": s.recipe.ema_decay, "lr": s.recipe.lr, "width": s.width, "method": method}
+    values.update({x.name: method_default(spec, method, x.param) for x in method_searchables(method)})
     return values
 
 
-def grid_space(spec: StudySpec) -> dict[str, list[float]]:
+def _suggest(trial, name: str, p: Param) -> Any:
+    if isinstance(p, Range):
+        if p.step is not None:
+            return trial.suggest_float(name, p.low, p.high, step=p.step)
+        return trial.suggest_float(name, p.low, p.high, log=p.log)
+    if isinstance(p, Choices):
+        return trial.suggest_categorical(name, list(p.choices))
+    return p if isinstance(p, str) else float(p)
+
+
+def sample(trial, spec: StudySpec) -> dict[str, Any]:
+    """Ask the trial for the recipe's values and the method, then for that method's params only."""
+    search = spec.search
+    method = spec.student.method
+    if search.method is not None:
+        method = str(_suggest(trial, "method", search.method))
+    values = defaults(spec, method)
+    for name in [s.name for s in RECIPE] + [s.name for s in method_searchables(method)]:
+        p = search.get(name)
+        if p is not None:
+            values[name] = _suggest(trial, name, p)
+    return values
+
+
+def grid_space(spec: StudySpec) -> dict[str, list]:
     """Search space for Optuna's GridSampler (choices, or ranges with a step)."""
-    grid: dict[str, list[float]] = {}
+    grid: dict[str, list] = {}
     for name, p in spec.search.items():
         if isinstance(p, Choices):
             grid[name] = list(p.choices)
@@ -64,22 +82,22 @@ def widths(spec: StudySpec) -> list[float] | None:
     if p is None:
         return [spec.student.width]
     if isinstance(p, Choices):
-        return list(p.choices)
+        return [float(v) for v in p.choices]
     if isinstance(p, Range):
         return grid_space(spec)["width"] if p.step is not None else None
     return [float(p)]
 
 
 def baseline_config(spec: StudySpec, *, width: float, seed: int, device: str) -> TrainConfig:
-    """The student trained without a teacher: alpha 0, and the student's own recipe."""
+    """The student trained without a teacher: method ce, and the student's own recipe."""
     s = spec.student
-    fields = _recipe_fields(s.recipe)
-    return TrainConfig(arch=s.arch, width=width, seed=seed, device=device, alpha=0.0, **fields)
+    return TrainConfig(arch=s.arch, width=width, seed=seed, device=device, **_recipe_fields(s.recipe))
 
 
-def student_config(spec: StudySpec, values: dict[str, float], *, seed: int, device: str) -> TrainConfig:
+def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device: str) -> TrainConfig:
     s = spec.student
+    method = values["method"]
     fields = {**_recipe_fields(s.recipe), "lr": values["lr"], "ema_decay": values["ema_decay"]}
-    return TrainConfig(arch=s.arch, width=values["width"], seed=seed, device=device,
-                       temperature=values["temperature"], alpha=values["alpha"], **fields)
-
+    params = {x.param: values[x.name] for x in method_searchables(method)}
+    return TrainConfig(arch=s.arch, width=values["width"], seed=seed, device=device, method=method,
+                       method_params=params, **fields)

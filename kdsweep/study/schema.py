@@ -1,0 +1,396 @@
+"""The study YAML's schema: pydantic models, checked once (``spec.load_spec`` reads the file).
+
+The search space and the student's method params are built from the one declaration of every
+searchable value (``kdsweep.core.searchable``): a method's params become fields of
+``search.<method>`` and ``student.<method>`` with that method's bounds, so a new method file
+needs no edit here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, field_validator,
+                      model_validator)
+
+from kdsweep.core.methods import LOSSES
+from kdsweep.core.searchable import METHOD, RECIPE, Searchable, method_searchables
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns/artifacts"
+STORAGE_SCHEMES = {"sqlite", "postgresql"}  # what kdsweep runs studies on (see study/coordination.py)
+TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "databricks"}
+
+
+def _scheme(url: str) -> str:
+    """``postgresql+psycopg2://...`` -> ``postgresql``; no scheme -> ``''``."""
+    head, sep, _ = url.partition(":")
+    return head.split("+", 1)[0].lower() if sep else ""
+
+
+class Strict(BaseModel):
+    # inf and nan are never meant: `lr: .inf` would pass a `> 0` check and diverge at once
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Range(Strict):
+    """A continuous range; ``log`` samples on a log scale; ``step`` makes it discrete."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"low={self.low!r} is above high={self.high!r}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low!r}")
+        return self
+
+    def values(self) -> list[float]:
+        return [self.low, self.high]
+
+
+class Choices(Strict):
+    """A list of values to pick from: numbers, or names (``method: {choices: [kd, dkd]}``)."""
+
+    choices: list[Union[float, str]] = Field(min_length=1)
+
+    def values(self) -> list[float | str]:
+        return list(self.choices)
+
+
+def _param_kind(v: Any) -> str:
+    # pick the union member from the input's shape, so a bad range reports its own problem
+    # (e.g. low above high) instead of also failing as choices and as a number
+    if isinstance(v, (Range, Choices)):
+        return type(v).__name__
+    if isinstance(v, dict):
+        return "Choices" if "choices" in v else "Range"
+    if isinstance(v, str):
+        return "Name"
+    return "Number"
+
+
+Param = Annotated[Union[Annotated[Range, Tag("Range")], Annotated[Choices, Tag("Choices")],
+                        Annotated[float, Tag("Number")], Annotated[str, Tag("Name")]], Discriminator(_param_kind)]
+_UNION_TAGS = {"Range", "Choices", "Number", "Name"}
+
+
+def _bounded(s: Searchable):
+    """The validator of one searchable value: its kind (numbers, or method names) and its bounds."""
+    def check(p):
+        if p is None:
+            return p
+        if isinstance(p, Range) and s.kind == "method":
+            raise ValueError("a method is picked from choices, not a range")
+        values = [p] if isinstance(p, (int, float, str)) else p.values()
+        for v in values:
+            if s.kind == "float" and isinstance(v, str):
+                raise ValueError(f"{v!r} is not a number")
+            problem = s.check(v)
+            if problem:
+                raise ValueError(f"{v!r} {problem}")
+        return p
+    return check
+
+
+def _searched(s: Searchable):
+    return (Annotated[Param | None, AfterValidator(_bounded(s))], Field(default=None, description=s.help))
+
+
+def _fixed(s: Searchable):
+    def check(v: float | None) -> float | None:
+        problem = None if v is None else s.check(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+    return (Annotated[float | None, AfterValidator(check)], Field(default=None, description=s.help))
+
+
+def _move_legacy_kd(raw: Any, where: str) -> Any:
+    """``temperature``/``alpha`` at the top of ``search``/``student`` were kd's before methods existed."""
+    if not isinstance(raw, dict) or not any(k in raw for k in ("temperature", "alpha")):
+        return raw
+    kd = raw.get("kd") if raw.get("kd") is not None else {}
+    if not isinstance(kd, dict):
+        return raw
+    out, kd = dict(raw), dict(kd)
+    for k in ("temperature", "alpha"):
+        if k in out:
+            kd.setdefault(k, out.pop(k))
+    out["kd"] = kd
+    warnings.warn(f"{where}.temperature and {where}.alpha are kd's params: write {where}.kd.temperature and "
+                  f"{where}.kd.alpha (the old keys are read as those since kdsweep 0.2 and go in 0.4)",
+                  FutureWarning, stacklevel=2)
+    return out
+
+
+class _SearchBase(Strict):
+    """Each entry: a Range, a list of choices, a fixed value, or absent (use the student's value).
+
+    ``method`` picks the KD method; ``<method>: {param: ...}`` searches that method's params, drawn
+    only in the trials that draw the method (define-by-run).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_kd_keys(cls, raw: Any) -> Any:
+        return _move_legacy_kd(raw, "search")
+
+    def items(self) -> list[tuple[str, Param]]:
+        """Every searched entry by its searchable name (``lr``, ``method``, ``dkd.beta``...)."""
+        out = []
+        for k, v in self.__dict__.items():
+            if v is None:
+                continue
+            if isinstance(v, BaseModel) and not isinstance(v, (Range, Choices)):
+                out += [(f"{k}.{pk}", pv) for pk, pv in v.__dict__.items() if pv is not None]
+            else:
+                out.append((k, v))
+        return out
+
+    def get(self, name: str) -> Param | None:
+        return dict(self.items()).get(name)
+
+    def methods(self, default: str) -> list[str]:
+        """The methods the trials can draw."""
+        p = getattr(self, "method", None)
+        if p is None:
+            return [default]
+        return [str(v) for v in p.values()] if isinstance(p, Choices) else [str(p)]
+
+
+def _method_models(kind: str, field_for) -> dict[str, Any]:
+    """One sub-model per registered method: ``<kind>.<method>.<param>`` fields with the method's bounds."""
+    fields = {}
+    for name in LOSSES.names():
+        params = {s.param: field_for(s) for s in method_searchables(name)}
+        if params:
+            fields[name] = (create_model(f"{kind}_{name}", __base__=Strict, **params) | None, None)
+    return fields
+
+
+SearchSpace = create_model(
+    "SearchSpace", __base__=_SearchBase,
+    **{s.name: _searched(s) for s in (*RECIPE, METHOD)},
+    **_method_models("search", _searched),
+)
+
+
+class Recipe(Strict):
+    """How a network is trained (teacher, baseline and distilled students)."""
+
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    patience: int = Field(default=0, ge=0)
+    augment: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class DataSpec(Strict):
+    dataset: str = "cifar10"
+    root: Path = Path("data")
+    limit_per_file: int | None = Field(default=None, ge=1)  # first N records of each official file
+    image_size: int | None = Field(default=None, ge=8)  # image folders: resize + centre crop
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from kdsweep.core.data import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset; choose from {DATASETS.names()}")
+        return v
+
+
+def _known_model(v: str) -> str:
+    from kdsweep.core.models import MODELS
+
+    if v not in MODELS:
+        raise ValueError(f"unknown architecture; choose from {MODELS.names()}")
+    return v
+
+
+class TeacherSpec(Strict):
+    arch: str
+    width: float = Field(default=1.0, gt=0)
+    checkpoint: Path | None = None  # a trained teacher's weights: skip training
+    seed: int = 0
+    recipe: Recipe = Recipe()
+    # pretrained: trained once (or loaded from checkpoint), then frozen for every trial.
+    # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
+    # student's batches (its epochs, batch size, augmentation and seed); the rest of recipe applies
+    mode: Literal["pretrained", "online"] = "pretrained"
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+
+    @field_validator("mode")
+    @classmethod
+    def _online_trains(cls, v: str, info) -> str:
+        if v == "online" and info.data.get("checkpoint") is not None:
+            raise ValueError("an online teacher is trained with each student; drop checkpoint or use mode: pretrained")
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError("checkpoint file does not exist")
+        return v
+
+
+class _StudentBase(Strict):
+    arch: str
+    width: float = Field(default=1.0, gt=0)  # used when the search space has no width
+    method: str = "kd"  # the KD method (a name in kdsweep.core.methods.LOSSES), used when not searched
+    recipe: Recipe = Recipe()
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_kd_keys(cls, raw: Any) -> Any:
+        return _move_legacy_kd(raw, "student")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in LOSSES:
+            raise ValueError(f"unknown KD method; choose from {LOSSES.names()}")
+        return v
+
+    def method_params(self, method: str) -> dict[str, float]:
+        """The values set here for ``method``'s params (the rest take the method's defaults)."""
+        given = getattr(self, method, None)
+        return {} if given is None else {k: v for k, v in given.__dict__.items() if v is not None}
+
+
+# ``student.<method>: {param: value}``: the fixed values of a method's params, with its bounds
+StudentSpec = create_model("StudentSpec", __base__=_StudentBase, **_method_models("student", _fixed))
+
+
+class StudySpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    data: DataSpec = DataSpec()
+    teacher: TeacherSpec
+    student: StudentSpec
+    search: SearchSpace = SearchSpace()
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    n_trials: int = Field(default=8, ge=1)
+    timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
+    objective: Literal["test_acc", "delta_vs_baseline"] = "test_acc"
+    # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
+    multi_objective: bool = False
+    storage: str = DEFAULT_STORAGE  # Optuna storage URL
+    tracking_uri: str = DEFAULT_TRACKING_URI  # MLflow tracking URI
+    artifacts: str = DEFAULT_ARTIFACTS  # artifact root for new MLflow experiments (local stores)
+    device: str = "auto"
+    # teacher logits of every augmented view computed once and looked up by the trials (study/tables.py);
+    # auto: on when that takes fewer teacher forwards than running the teacher in every trial
+    teacher_table: Literal["auto", "on", "off"] = "auto"
+    # how distilled trials run their steps (core/step.py): auto = CUDA graph on a GPU, eager on the CPU;
+    # compile adds torch.compile (about 30 s once per process and shape, then faster steps)
+    accel: Literal["auto", "eager", "graph", "compile"] = "auto"
+    # trials trained at once in this process (threads), packed into one loop per seed: the runs of a
+    # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
+    jobs: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds repeat")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        scheme = _scheme(v)
+        if scheme not in STORAGE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
+            raise ValueError("Optuna storage must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        scheme = _scheme(v)
+        if scheme not in TRACKING_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
+            raise ValueError(f"MLflow tracking URI must start with one of {sorted(TRACKING_SCHEMES)} "
+                             "(e.g. sqlite:///mlruns/mlflow.db or http://127.0.0.1:5000)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("multi_objective")
+    @classmethod
+    def _multi_objective_fits(cls, v: bool, info) -> bool:
+        # declared after sampler, pruner and search, so info.data holds them when they are valid
+        if not v:
+            return v
+        pruner, sampler, search = (info.data.get(k) for k in ("pruner", "sampler", "search"))
+        if pruner not in (None, "none"):
+            raise ValueError(f"Optuna prunes single-objective studies only; set pruner: none (got {pruner!r})")
+        if sampler == "cmaes":
+            raise ValueError("the cmaes sampler optimises one objective; use tpe, random or grid")
+        w = search.width if search is not None else None
+        if search is not None and (w is None or isinstance(w, (int, float)) or len(set(w.values())) < 2):
+            raise ValueError("the parameter count only changes with the student's width; "
+                             "search width over two or more values")
+        return v
+
+    @model_validator(mode="after")
+    def _online_epochs_match(self) -> "StudySpec":
+        # the online teacher steps on the student's batches; a different value set for it would be ignored
+        if self.teacher.mode == "online":
+            if "seed" in self.teacher.model_fields_set:
+                raise ValueError(f"teacher.seed={self.teacher.seed!r}: an online teacher is trained once per seed in "
+                                 "seeds, with that seed; leave teacher.seed out")
+            for name in ("epochs", "batch_size"):
+                t, s = getattr(self.teacher.recipe, name), getattr(self.student.recipe, name)
+                if name in self.teacher.recipe.model_fields_set and t != s:
+                    raise ValueError(f"teacher.recipe.{name}={t!r}: an online teacher trains on the student's "
+                                     f"batches, so it must equal student.recipe.{name}={s!r} (or be left out)")
+        return self
+
+    @model_validator(mode="after")
+    def _searched_methods_drawn(self) -> "StudySpec":
+        drawn = self.search.methods(self.student.method)
+        for name, _ in self.search.items():
+            owner = name.split(".", 1)[0] if "." in name else None
+            if owner is not None and owner not in drawn:
+                raise ValueError(f"search.{name} is searched but no trial uses method {owner!r} "
+                                 f"(the methods drawn: {drawn}; see search.method and student.method)")
+        return self
+
+    @model_validator(mode="after")
+    def _sampler_fits_space(self) -> "StudySpec":
+        if self.sampler == "grid":
+            ranged = [k for k, v in self.search.items() if isinstance(v, Range) and v.step is None]
+            if ranged:
+                raise ValueError(f"grid sampler needs choices (or a step) for {ranged}")
+        return self
+
+
