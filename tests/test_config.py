@@ -24,8 +24,8 @@ def test_out_of_range_values_are_named(field, value):
         TrainConfig(arch="resnet20", **{field: value})
 
 
-@pytest.mark.parametrize("params, match", [({"alpha": 1.2}, r"kd.alpha=1.2 must lie in \[0, 1\]"),
-                                           ({"temperature": 0.0}, r"kd.temperature=0.0 must be > 0"),
+@pytest.mark.parametrize("params, match", [({"alpha": 1.2}, r"kd.alpha=1.2: must lie in \[0, 1\]"),
+                                           ({"temperature": 0.0}, r"kd.temperature=0.0: must be > 0"),
                                            ({"beta": 8.0}, "method 'kd' has no param 'beta'")])
 def test_method_params_are_checked_against_the_method(params, match):
     with pytest.raises(ValueError, match=match):

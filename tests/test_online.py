@@ -1,8 +1,13 @@
-"""Online distillation (kdsweep.core.online): teacher and student trained together on the CPU."""
+"""Online distillation: teacher and student trained together, through the one run machinery, on the CPU.
+
+The teacher is the student's ``co_teacher`` (``core.trainer.CoTrainedTeacher``): a run whose
+every step happens inside the student's step, on the same batch.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,9 +15,11 @@ import yaml
 from click.testing import CliRunner
 
 from kdsweep.cli import main
+from conftest import kd_config
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import synthetic_imageset
-from kdsweep.core.online import train_online
+from kdsweep.core.packing import train_group
+from kdsweep.core.trainer import RunRequest, train
 
 COMMON = dict(epochs=2, batch_size=32, lr=0.05, device="cpu", seed=3)
 
@@ -31,12 +38,21 @@ def data():
     return synthetic_imageset(n_train=64, n_test=32, num_classes=4, size=16, seed=1)
 
 
+def train_online(student: TrainConfig, teacher: TrainConfig, data, *, on_epoch=None, checkpoint_path=None):
+    """The pair through ``train``: ``on_epoch(student_metrics, teacher_metrics)`` after each epoch."""
+    last = {}
+    result = train(student, data, checkpoint_path=checkpoint_path,
+                   on_epoch=(lambda m: on_epoch(m, last["t"])) if on_epoch else None,
+                   co_teacher=RunRequest(teacher, on_epoch=lambda m: last.update(t=m)))
+    return SimpleNamespace(student=result, teacher=result.co_teacher)
+
+
 def cfgs(**student) -> tuple[TrainConfig, TrainConfig]:
     """A student (with ``student`` overrides) and a teacher on the same epochs and batches."""
     shared = {**COMMON, **{k: student[k] for k in ("epochs", "batch_size") if k in student}}
-    s = TrainConfig(arch="resnet8", width=0.25, alpha=student.pop("alpha", 0.9),
-                    temperature=student.pop("temperature", 4.0), **{**COMMON, **student})
-    t = TrainConfig(arch="resnet8", width=0.5, alpha=0.0, **shared)
+    s = kd_config(arch="resnet8", width=0.25, alpha=student.pop("alpha", 0.9),
+                  temperature=student.pop("temperature", 4.0), **{**COMMON, **student})
+    t = kd_config(arch="resnet8", width=0.5, alpha=0.0, **shared)
     return s, t
 
 
@@ -67,7 +83,7 @@ def test_student_learns_from_the_teacher(data):
     # alpha 0 makes the student ignore its teacher: a different teacher leaves it unchanged;
     # with alpha > 0 the teacher's logits move the student
     s0, t = cfgs(alpha=0.0)
-    other_teacher = TrainConfig(arch="resnet8", width=0.5, alpha=0.0, **{**COMMON, "lr": 0.01})
+    other_teacher = kd_config(arch="resnet8", width=0.5, alpha=0.0, **{**COMMON, "lr": 0.01})
     assert same_weights(train_online(s0, t, data).student.model, train_online(s0, other_teacher, data).student.model)
     s9, _ = cfgs(alpha=0.9)
     assert not same_weights(train_online(s9, t, data).student.model,
@@ -103,13 +119,29 @@ def test_student_patience_stops_both(data):
 @pytest.mark.parametrize("student, teacher, word", [
     (dict(epochs=2), dict(epochs=3), "epochs"),
     (dict(batch_size=32), dict(batch_size=16), "batch_size"),
-    (dict(), dict(alpha=0.5), "alpha"),
+    (dict(), dict(alpha=0.5), "its method must be ce"),
 ])
 def test_mismatched_pair_is_refused(data, student, teacher, word):
-    s = TrainConfig(arch="resnet8", width=0.25, alpha=0.9, **{**COMMON, **student})
-    t = TrainConfig(arch="resnet8", width=0.5, **{**COMMON, "alpha": 0.0, **teacher})
+    s = kd_config(arch="resnet8", width=0.25, alpha=0.9, **{**COMMON, **student})
+    t = kd_config(arch="resnet8", width=0.5, **{**COMMON, "alpha": 0.0, **teacher})
     with pytest.raises(ValueError, match=word):
         train_online(s, t, data)
+
+
+def test_pairs_of_one_seed_pack_into_one_loop_and_learn_what_they_learn_alone(data):
+    # each student keeps its own co-trained teacher; packed, they share the batches (one loop)
+    (s1, t1), (s2, t2) = cfgs(temperature=2.0), cfgs(alpha=0.5)
+    alone = [train_online(s1, t1, data), train_online(s2, t2, data)]
+    packed = train_group([RunRequest(s1, co_teacher=RunRequest(t1)), RunRequest(s2, co_teacher=RunRequest(t2))], data)
+    for a, p in zip(alone, packed):
+        assert [m.train_loss for m in p.history] == [m.train_loss for m in a.student.history]
+        assert same_weights(p.model, a.student.model) and same_weights(p.co_teacher.model, a.teacher.model)
+
+
+def test_loss_terms_are_logged_for_both_nets(data):
+    out = train_online(*cfgs(), data)
+    assert set(out.student.final.loss_terms) == {"kd", "ce"} and set(out.teacher.final.loss_terms) == {"ce"}
+    assert "loss_kd" in out.student.final.as_dict()
 
 
 def _spec(tmp_path: Path, teacher: dict) -> Path:

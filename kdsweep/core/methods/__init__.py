@@ -1,5 +1,11 @@
-"""KD methods by name (``LOSSES``): one file per method, each returning its named loss terms."""
+"""KD methods by name: importing this package registers every method in ``LOSSES``.
+
+One file per method; each builds a ``Method`` (params with published defaults and bounds, and a
+function returning the named, weighted loss terms) and registers it. Adding a method is one file
+here, its import below and its test in ``tests/test_methods.py``.
+"""
+
 from kdsweep.core.methods.base import LOSSES, Method, MethodParam
-from kdsweep.core.methods import ce, kd  # noqa: F401  (registers)
+from kdsweep.core.methods import ce, dkd, kd, lskd  # noqa: F401  (registers them)
 
 __all__ = ["LOSSES", "Method", "MethodParam"]

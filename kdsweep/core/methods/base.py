@@ -1,64 +1,131 @@
-"""Placeholder of the methods interface (replaced by the methods branch)."""
+"""What a KD method is: named, bounded params and a function returning named, weighted loss terms.
+
+Every method file builds one ``Method`` and registers it in ``LOSSES`` by name. The trainer calls
+``method.loss(...)``; the training loss is exactly the sum of the returned terms, in dict order, so
+each term can be logged on its own (``loss_<term>``) and the parts always add up to what was trained.
+
+Conventions every ``terms`` function keeps:
+
+- logits are cast to float32 first (bf16 autocast may hand in bf16 logits);
+- each term is a 0-dim float32 tensor that already carries its weight;
+- ``epoch`` is the 1-based epoch being trained, a Python number or a 0-dim tensor on the logits'
+  device (CUDA-graph replays change it in place), so no ``.item()``/``float()`` on it and no Python
+  branch on tensor values: nothing may sync with the host inside a captured step.
+"""
+
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from kdsweep.core.registry import Registry
+
+Terms = dict[str, torch.Tensor]
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
 
 
 @dataclass(frozen=True)
 class MethodParam:
-    name: str
-    default: float
-    low: float | None = None
-    high: float | None = None
+    """One tunable number of a method: its published default and the range it makes sense in."""
+
+    name: str  # e.g. "beta"
+    default: float  # the published default, used when the spec does not set it
+    low: float | None = None  # None: unbounded below
+    high: float | None = None  # None: unbounded above
     low_inclusive: bool = True
     high_inclusive: bool = True
-    help: str = ""
+    help: str = ""  # one line: what it weights or means
 
     def check(self, value: float) -> str | None:
-        lo = self.low is None or (value >= self.low if self.low_inclusive else value > self.low)
-        hi = self.high is None or (value <= self.high if self.high_inclusive else value < self.high)
-        if lo and hi:
+        """None when ``value`` is allowed, else why not (e.g. ``"must be > 0"``)."""
+        if not math.isfinite(value):
+            return "must be a finite number"
+        below = self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive))
+        above = self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive))
+        if not (below or above):
             return None
-        if self.high is None:
-            return f"must be {'>=' if self.low_inclusive else '>'} {self.low:g}"
-        return f"must lie in {'[' if self.low_inclusive else '('}{self.low:g}, {self.high:g}{']' if self.high_inclusive else ')'}"
+        if self.low is not None and self.high is not None:
+            left, right = "[" if self.low_inclusive else "(", "]" if self.high_inclusive else ")"
+            return f"must lie in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        if self.low is not None:
+            return f"must be {'>=' if self.low_inclusive else '>'} {_num(self.low)}"
+        return f"must be {'<=' if self.high_inclusive else '<'} {_num(self.high)}"  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class Method:
+    """A KD method: ``terms(student_logits, targets, teacher_logits, params, epoch, *, label_smoothing)``."""
+
     name: str
     params: tuple[MethodParam, ...]
-    terms: Callable[..., dict[str, torch.Tensor]]
+    terms: Callable[..., Terms]  # weighted terms; params is the resolved dict
     needs_teacher: bool = True
-    summary: str = ""
+    summary: str = ""  # one line for docs and CLI listings
+
+    def param(self, name: str) -> MethodParam:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ValueError(f"method {self.name!r} has no param {name!r}; it takes {self.param_names() or 'none'}")
+
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
 
     def resolve(self, given: Mapping[str, float]) -> dict[str, float]:
-        known = {p.name: p for p in self.params}
-        for name, value in given.items():
-            if name not in known:
-                raise ValueError(f"method {self.name!r} has no param {name!r}; its params: {sorted(known)}")
-            problem = known[name].check(value)
-            if problem:
-                raise ValueError(f"{self.name}.{name}={value!r} {problem}")
-        return {p.name: float(given.get(p.name, p.default)) for p in self.params}
+        """Every param of this method, ``given`` over the defaults; ValueError on unknown or bad values."""
+        for name in given:
+            self.param(name)  # raises naming the unknown param
+        out: dict[str, float] = {}
+        for p in self.params:
+            raw = given.get(p.name, p.default)
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise ValueError(f"{self.name}.{p.name}={str(raw)[:40]!r}: must be a number ({p.help})")
+            value = float(raw)
+            problem = p.check(value)
+            if problem is not None:
+                raise ValueError(f"{self.name}.{p.name}={raw!r}: {problem} ({p.help})")
+            out[p.name] = value
+        return out
 
-    def loss(self, student_logits, targets, teacher_logits, params, epoch, *, label_smoothing=0.0):
+    def loss(
+        self,
+        student_logits: torch.Tensor,
+        targets: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        params: Mapping[str, float],
+        epoch: float | torch.Tensor,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> tuple[torch.Tensor, Terms]:
+        """(sum of the terms in dict order, the terms)."""
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"method {self.name!r} needs teacher logits")
         terms = self.terms(student_logits, targets, teacher_logits, params, epoch, label_smoothing=label_smoothing)
-        total = None
-        for v in terms.values():
-            total = v if total is None else total + v
+        values = iter(terms.values())
+        total = next(values)
+        for term in values:
+            total = total + term
         return total, terms
+
+
+def hard_ce(student_logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy with the labels, in float32: the hard-label term every method shares."""
+    return F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
 
 
 LOSSES: Registry[Method] = Registry("KD method")
 
 
 def register(method: Method) -> Method:
+    """Add ``method`` to ``LOSSES`` under its name; refuses duplicate names and duplicate params."""
+    names = method.param_names()
+    if len(set(names)) != len(names):
+        raise ValueError(f"method {method.name!r} declares a param twice: {names}")
     return LOSSES.register(method.name)(method)

@@ -1,11 +1,37 @@
-"""ce: plain cross-entropy, no teacher."""
-import torch.nn.functional as F
+"""``ce``: plain cross-entropy with the labels, no teacher; what baselines and teachers train with.
 
-from kdsweep.core.methods.base import Method, register
+    loss = CE(softmax(z_s), y)        (with the run's label smoothing)
+
+No params, no paper of its own: it is the "student trained alone" baseline of every KD paper since
+Hinton et al., "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531, 2015), and the
+loss teachers are trained with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdsweep.core.methods.base import Method, Terms, hard_ce, register
 
 
-def _terms(student, targets, teacher, params, epoch, *, label_smoothing=0.0):
-    return {"ce": F.cross_entropy(student.float(), targets, label_smoothing=label_smoothing)}
+def ce_terms(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    params: dict[str, float],
+    epoch: float | torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+) -> Terms:
+    return {"ce": hard_ce(student_logits, targets, label_smoothing)}
 
 
-CE = register(Method("ce", (), _terms, needs_teacher=False, summary="cross-entropy on the labels"))
+CE = register(
+    Method(
+        name="ce",
+        params=(),
+        terms=ce_terms,
+        needs_teacher=False,
+        summary="cross-entropy with the labels only (no teacher): the baseline",
+    )
+)
