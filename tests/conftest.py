@@ -108,7 +108,7 @@ def write_spec(path: Path, data_root: Path, **overrides) -> Path:
         "data": {"dataset": "cifar10", "root": str(data_root), "limit_per_file": 40},
         "teacher": {"arch": "resnet8", "width": 0.5, "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.05}},
         "student": {"arch": "resnet8", "width": 0.25, "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.05}},
-        "search": {"temperature": {"low": 2.0, "high": 6.0}, "alpha": {"low": 0.5, "high": 0.9},
+        "search": {"kd": {"temperature": {"low": 2.0, "high": 6.0}, "alpha": {"low": 0.5, "high": 0.9}},
                    "ema_decay": {"choices": [0.0, 0.9]}},
         "sampler": "random",
         "pruner": "none",

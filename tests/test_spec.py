@@ -36,11 +36,33 @@ def with_(raw: dict, dotted: str, value) -> dict:
     return out
 
 
+def test_method_params_are_searched_only_for_drawn_methods(tmp_path, good):
+    raw = with_(good, "search.dkd", {"beta": {"low": 1.0, "high": 10.0}})
+    problems = problems_of(tmp_path, raw)  # dkd is never drawn: kd is the only method
+    assert len(problems) == 1 and "search.dkd.beta is searched but no trial uses method 'dkd'" in problems[0]
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(with_(raw, "search.method", {"choices": ["kd", "dkd"]})))
+    spec = load_spec(path)
+    assert spec.search.methods("kd") == ["kd", "dkd"]
+    assert isinstance(spec.search.get("dkd.beta"), Range)
+
+
+def test_legacy_top_level_kd_keys_still_load_with_a_future_warning(tmp_path, good):
+    raw = copy.deepcopy(good)
+    raw["student"].pop("kd", None)
+    raw["student"].update(temperature=3.0, alpha=0.7)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.warns(FutureWarning, match="student.kd.temperature"):
+        spec = load_spec(path)
+    assert spec.student.method_params("kd") == {"temperature": 3.0, "alpha": 0.7}
+
+
 def test_good_spec_loads(tmp_path, good):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(good))
     spec = load_spec(path)
-    assert isinstance(spec.search.temperature, Range) and isinstance(spec.search.ema_decay, Choices)
+    assert isinstance(spec.search.kd.temperature, Range) and isinstance(spec.search.ema_decay, Choices)
 
 
 # (field path, bad value[, expected "path=value"]): each alone gives exactly one line naming both
@@ -49,18 +71,25 @@ ONE_PROBLEM = [
     ("teacher.lrr", 0.1),  # unknown nested key
     ("n_trials", "many"),  # wrong type
     ("n_trials", 0),
-    ("student.alpha", 1.5),
-    ("student.temperature", 0),
+    ("student.kd.alpha", 1.5),
+    ("student.kd.temperature", 0),
     ("student.recipe.ema_decay", 1.0),
     ("student.recipe.lr", 0),
     ("student.recipe.lr", float("inf")),  # passes "> 0" unless inf is refused
-    ("search.alpha", {"low": 0.5, "high": 1.2}),
-    ("search.alpha", -0.1),
-    ("search.temperature", {"low": 0.0, "high": 4.0}),
+    ("search.kd.alpha", {"low": 0.5, "high": 1.2}),
+    ("search.kd.alpha", -0.1),
+    ("search.kd.temperature", {"low": 0.0, "high": 4.0}),
     ("search.ema_decay", {"choices": [0.0, 1.0]}),
     ("search.lr", {"low": 0.2, "high": 0.1}),  # low > high
-    ("search.alpha", {"choices": []}, "search.alpha.choices=[]"),  # empty choices: the list is named
-    ("search.alpha", "high"),
+    ("search.kd.alpha", {"choices": []}, "search.kd.alpha.choices=[]"),  # empty choices: the list is named
+    ("search.kd.alpha", "high"),
+    ("search.dkd.gamma", {"low": 1.0, "high": 2.0}),  # a param the method does not have
+    ("search.hinton", {"alpha": 0.5}),  # a method that does not exist
+    ("search.method", {"choices": ["kd", "nope"]}),
+    ("search.method", {"low": 1.0, "high": 2.0}),
+    ("student.method", "hinton"),
+    ("student.dkd.beta", -1.0),
+    ("student.dkd.gamma", 1.0),
     ("teacher.arch", "resnet9000"),
     ("student.arch", "vgg"),
     ("sampler", "bayes"),
@@ -89,13 +118,13 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path, good):
     raw = with_(good, "sampler", "bayes")
     raw = with_(raw, "pruner", "asha")
     raw = with_(raw, "n_trials", 0)
-    raw = with_(raw, "search.alpha", {"low": 0.9, "high": 0.5})
+    raw = with_(raw, "search.kd.alpha", {"low": 0.9, "high": 0.5})
     raw = with_(raw, "teacher.arch", "nope")
     raw = with_(raw, "data.root", "/no/such/folder")  # checked apart from the schema, reported with it
     raw["colour"] = 1
     problems = problems_of(tmp_path, raw)
     fields = sorted(p.split(": ")[1].split("=")[0] for p in problems)
-    assert fields == sorted(["sampler", "pruner", "n_trials", "search.alpha", "teacher.arch", "data.root", "colour"])
+    assert fields == sorted(["sampler", "pruner", "n_trials", "search.kd.alpha", "teacher.arch", "data.root", "colour"])
 
 
 def test_range_error_is_one_line_about_the_range(tmp_path, good):
