@@ -41,7 +41,11 @@ def test_mlflow_holds_teacher_baseline_and_one_distilled_run_per_trial(finished_
         history = client.get_metric_history(r.info.run_id, "test_acc")
         assert [m.step for m in history] == [1, 2]  # one point per epoch
         assert EPOCH_METRICS <= set(r.data.metrics)
-        assert {"arch", "width", "lr", "epochs", "temperature", "alpha", "ema_decay", "seed"} <= set(r.data.params)
+        assert {"arch", "width", "lr", "epochs", "method", "ema_decay", "seed"} <= set(r.data.params)
+        if r.data.tags["role"] == "distilled":  # the method's own params, and no other method's
+            assert r.data.params["method"] == "kd"
+            assert {k for k in r.data.params if "." in k} == {"kd.alpha", "kd.temperature"}
+            assert {"loss_kd", "loss_ce"} <= set(r.data.metrics)
         assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")]
     for r in runs:
         if r.data.tags["role"] == "distilled":
@@ -84,7 +88,7 @@ def test_report_formats_to_file(finished_study, fmt, marker):
 def test_run_prints_the_best_trial_rounded(finished_study):
     _, _, proc = finished_study
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("study tiny:"))
-    assert re.search(r"best trial \d+: -?\d\.\d{4} \(temperature=[\d.e+-]+, alpha=", line), line
+    assert re.search(r"best trial \d+: -?\d\.\d{4} \(.*kd\.temperature=[\d.e+-]+", line), line
 
 
 def test_rerun_of_a_finished_study_trains_nothing(finished_study):

@@ -31,7 +31,7 @@ def tiny_spec(path: Path, data: Path, name: str, **extra) -> Path:
     spec = {"name": name, "seeds": [0, 1], "data": {"dataset": "cifar10", "root": str(data)},
             "teacher": {"arch": "cnn_teacher", "width": 0.25, "recipe": recipe},
             "student": {"arch": "cnn_student", "width": 0.25, "recipe": recipe},
-            "search": {"temperature": {"choices": [2.0, 8.0]}, "alpha": {"choices": [0.5, 0.9]}},
+            "search": {"kd": {"temperature": {"choices": [2.0, 8.0]}, "alpha": {"choices": [0.5, 0.9]}}},
             "sampler": "random", "pruner": "none", "device": "cpu", **extra}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -42,7 +42,7 @@ def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("report")
     data = write_cifar10(work / "data", per_file=20, n_test=50)
     pareto = tiny_spec(work / "pareto.yaml", data, "pareto", n_trials=3, multi_objective=True,
-                       search={"temperature": {"choices": [2.0, 8.0]}, "alpha": {"choices": [0.5, 0.9]},
+                       search={"kd": {"temperature": {"choices": [2.0, 8.0]}, "alpha": {"choices": [0.5, 0.9]}},
                                "width": {"choices": [0.25, 0.5]}})
     ema = tiny_spec(work / "ema.yaml", data, "ema", n_trials=1,
                     student={"arch": "cnn_student", "width": 0.25,
@@ -129,7 +129,7 @@ def test_html_report_embeds_the_plots(work):
     text = out.read_text()
     names = re.findall(r"<img alt='([a-z_]+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", text)
     found = {n for n, _ in names}
-    assert {"accuracy_per_epoch", "accuracy_vs_temperature_alpha", "pareto_front", "optuna_history",
+    assert {"accuracy_per_epoch", "accuracy_vs_params_kd", "loss_terms_best_trial", "pareto_front", "optuna_history",
             "optuna_parallel", "optuna_pareto"} <= found
     assert all(base64.b64decode(data).startswith(b"\x89PNG") for _, data in names)
     # 3 trials are too few for importances: said, not drawn

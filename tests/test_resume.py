@@ -152,7 +152,7 @@ def test_ctrl_c_marks_the_trial_says_how_to_resume_and_the_rerun_continues_it(re
     so the trial's config (and checkpoint) differs from the finished trials'."""
     spec = write_spec(resumed / "interrupt.yaml", subset_root, name="interrupt", n_trials=1,
                       teacher=TEACHER, student=STUDENT, data={**DATA, "root": str(subset_root)},
-                      search={"temperature": {"low": 7.0, "high": 8.0}})
+                      search={"kd": {"temperature": {"low": 7.0, "high": 8.0}}})
     storage = f"sqlite:///{resumed}/mlruns/optuna.db"
 
     def running_past_epoch_1() -> bool:

@@ -53,7 +53,7 @@ class ListRecorder:
 def spec(tmp_path, subset_root, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write_spec(tmp_path / "tiny.yaml", subset_root, n_trials=3,
-                      search={"temperature": {"low": 2.0, "high": 6.0}, "width": {"choices": [0.25]}})
+                      search={"kd": {"temperature": {"low": 2.0, "high": 6.0}}, "width": {"choices": [0.25]}})
     return load_spec(path)
 
 

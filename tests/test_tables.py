@@ -41,7 +41,7 @@ def test_unknown_teacher_table_value_is_refused():
 
 
 TINY = {  # 40 training images: the table is 40 x 162 teacher forwards
-    "data": None, "teacher_table": "on", "search": {"temperature": {"choices": [4.0]}, "width": {"choices": [0.25]}},
+    "data": None, "teacher_table": "on", "search": {"kd": {"temperature": {"choices": [4.0]}}, "width": {"choices": [0.25]}},
     "teacher": {"arch": "resnet8", "width": 0.25, "recipe": {"epochs": 1, "batch_size": 16, "lr": 0.05}},
     "student": {"arch": "resnet8", "width": 0.25, "recipe": {"epochs": 2, "batch_size": 16, "lr": 0.05}},
 }

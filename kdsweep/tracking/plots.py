@@ -35,8 +35,9 @@ def to_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def epoch_curves(series: dict[str, list[Curve]], *, title: str) -> bytes | None:
-    """Test accuracy per epoch: per label the mean over seeds, with a min..max band when several."""
+def epoch_curves(series: dict[str, list[Curve]], *, title: str, ylabel: str = "test accuracy %",
+                 scale: float = 100.0) -> bytes | None:
+    """Per epoch (test accuracy by default): per label the mean over seeds, with a min..max band when several."""
     series = {k: [c for c in v if c] for k, v in series.items()}
     series = {k: v for k, v in series.items() if v}
     if not series:
@@ -46,21 +47,20 @@ def epoch_curves(series: dict[str, list[Curve]], *, title: str) -> bytes | None:
     for label, curves in series.items():
         epochs = sorted({e for c in curves for e, _ in c})
         by_epoch = [[a for c in curves for e2, a in c if e2 == e] for e in epochs]
-        mean = [100 * statistics.fmean(v) for v in by_epoch]
+        mean = [scale * statistics.fmean(v) for v in by_epoch]
         line, = ax.plot(epochs, mean, marker="o" if len(epochs) < 15 else None, ms=3,
                         label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         if len(curves) > 1:
-            ax.fill_between(epochs, [100 * min(v) for v in by_epoch], [100 * max(v) for v in by_epoch],
+            ax.fill_between(epochs, [scale * min(v) for v in by_epoch], [scale * max(v) for v in by_epoch],
                             color=line.get_color(), alpha=0.15, lw=0)
-    ax.set(xlabel="epoch", ylabel="test accuracy %", title=title)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)
 
 
-def param_scatter(points: Sequence[tuple[dict[str, float], list[float]]],
-                  names: Sequence[str] = ("temperature", "alpha")) -> bytes | None:
+def param_scatter(points: Sequence[tuple[dict[str, float], list[float]]], names: Sequence[str]) -> bytes | None:
     """Final test accuracy of each trial (mean over seeds, bar = std) against each of ``names``."""
     names = [n for n in names if any(n in p for p, _ in points)]
     if not points or not names:

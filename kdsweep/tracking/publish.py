@@ -36,10 +36,18 @@ def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes],
             {"teacher": teacher.curves, "baseline student": baseline.curves,
              f"distilled student (trial {report.trials[0].trial})": distilled.curves},
             title=f"{report.study}: test accuracy per epoch"),
-        "accuracy_vs_temperature_alpha": plots.param_scatter([(t.params, t.test_acc) for t in report.trials]),
+        "loss_terms_best_trial": plots.epoch_curves(
+            report.best_terms, title=f"{report.study}: loss terms of trial {report.trials[0].trial} "
+                                     f"({report.trials[0].method}), per epoch", ylabel="loss term", scale=1.0),
         "pareto_front": plots.pareto_plot([(t.num_params, mean(t.test_acc), t.on_front, f"trial {t.trial}")
                                            for t in report.trials]),
     }
+    for method in report.methods:  # accuracy against each param the trials of a method varied
+        trials = [t for t in report.trials if t.method == method]
+        varied = sorted(k for k in {k for t in trials for k in t.params}
+                        if (k.startswith(f"{method}.") or "." not in k) and len({t.params.get(k) for t in trials}) > 1)
+        candidates[f"accuracy_vs_params_{method}"] = plots.param_scatter([(t.params, t.test_acc) for t in trials],
+                                                                        varied)
     figures = {k: v for k, v in candidates.items() if v is not None}
     notes = []
     if optuna_study is not None:

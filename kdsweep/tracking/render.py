@@ -41,10 +41,24 @@ def table(report: Report) -> list[list[str]]:
 
 def trial_table(trials) -> tuple[list[str], list[list[str]]]:
     keys = sorted({k for t in trials for k in t.params})
-    header = ["trial", *keys, "params", "test acc %", "vs baseline %", "seeds"]
-    rows = [[t.trial, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in keys], f"{t.num_params:,}",
+    header = ["trial", "method", *keys, "params", "test acc %", "vs baseline %", "seeds"]
+    rows = [[t.trial, t.method, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in keys], f"{t.num_params:,}",
              ms(t.test_acc), signed(t.delta), str(len(t.test_acc))] for t in trials]
     return header, rows
+
+
+METHOD_HEADER = ["Method", "Best trial", "Test acc %", "vs baseline %", "Seeds", "Its params"]
+
+
+def method_table(report: Report) -> list[list[str]]:
+    """The baseline, then the best trial of each method the search drew (mean +- std over seeds)."""
+    base = report.rows[1]
+    rows = [["baseline (ce)", "-", ms(base.test_acc), "-", str(len(base.test_acc)), "-"]]
+    for method in report.methods:
+        t = report.best_of(method)
+        own = ", ".join(f"{k}={v:.4g}" for k, v in sorted(t.params.items()) if k.startswith(f"{method}.") or "." not in k)
+        rows.append([method, t.trial, ms(t.test_acc), signed(t.delta), str(len(t.test_acc)), own])
+    return rows
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -54,7 +68,9 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(report: Report, figures: dict[str, bytes] | None = None) -> str:
     parts = [f"# kdsweep report: {report.study}\n", md_table(HEADER, table(report)),
-             f"{CHANGE_TEXT}\n{report.epoch_note}\n", "## EMA vs no EMA (distilled runs)\n",
+             f"{CHANGE_TEXT}\n{report.epoch_note}\n",
+             "## Best per method\n", md_table(METHOD_HEADER, method_table(report)),
+             "## EMA vs no EMA (distilled runs)\n",
              md_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
              "## Top trials\n", md_table(*trial_table(report.top))]
     if report.pareto:
@@ -67,6 +83,9 @@ def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
     w = csv.writer(out)
     w.writerow(HEADER)
     w.writerows(table(report))
+    w.writerow([])
+    w.writerow(METHOD_HEADER)
+    w.writerows(method_table(report))
     return out.getvalue()
 
 
@@ -98,7 +117,8 @@ def _page(title: str, parts: list[str]) -> str:
 
 def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: list[str] | None = None) -> str:
     parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", _html_table(HEADER, table(report)),
-             f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>", "<h2>EMA vs no EMA</h2>",
+             f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>",
+             "<h2>Best per method</h2>", _html_table(METHOD_HEADER, method_table(report)), "<h2>EMA vs no EMA</h2>",
              _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
              "<h2>Top trials</h2>", _html_table(*trial_table(report.top))]
     if report.pareto:

@@ -12,9 +12,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdsweep.core.searchable import searchables
 from kdsweep.errors import TrackingError
 
-SEARCHED = ("temperature", "alpha", "ema_decay", "lr", "width")
+# the report's trial columns: every searchable number (recipe values, then each method's params)
+SEARCHED = tuple(s.name for s in searchables() if s.kind == "float")
 
 
 @dataclass
@@ -39,6 +41,7 @@ class TrialPoint:
     num_params: int
     run_ids: list[str]
     on_front: bool = False  # on the Pareto front of accuracy vs parameter count
+    method: str = "kd"  # the KD method the trial drew
 
 
 @dataclass
@@ -50,6 +53,15 @@ class Report:
     epoch_note: str
     best_run_id: str  # the single best distilled run (best trial, best seed): what --register takes
     top_n: int = 5
+    best_terms: dict[str, list[list[tuple[int, float]]]] = field(default_factory=dict)  # loss_<term> per run, best trial
+
+    @property
+    def methods(self) -> list[str]:
+        """The methods the trials drew, best first."""
+        return list(dict.fromkeys(t.method for t in self.trials))
+
+    def best_of(self, method: str) -> TrialPoint:
+        return next(t for t in self.trials if t.method == method)
 
     @property
     def top(self) -> list[TrialPoint]:
@@ -97,11 +109,19 @@ def client_for(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
-def curve(client, run_id: str) -> list[tuple[int, float]]:
-    """Per-epoch test accuracy the run was judged by: EMA weights when logged, else raw."""
+def curve(client, run_id: str, metric: str | None = None) -> list[tuple[int, float]]:
+    """Per-epoch values of ``metric``; by default the test accuracy the run was judged by (EMA weights when logged)."""
+    if metric is not None:
+        return sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run_id, metric))
     ema = client.get_metric_history(run_id, "test_acc_ema")
     points = ema or client.get_metric_history(run_id, "test_acc")
     return sorted((int(m.step), float(m.value)) for m in points)
+
+
+def loss_term_curves(client, runs: list) -> dict[str, list[list[tuple[int, float]]]]:
+    """Each ``loss_<term>`` metric of ``runs``, per epoch and per run (the method's named terms)."""
+    names = sorted({k for r in runs for k in r.data.metrics if k.startswith("loss_")})
+    return {name.removeprefix("loss_"): [curve(client, r.info.run_id, name) for r in runs] for name in names}
 
 
 def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> Report:
@@ -161,7 +181,7 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
                      "one seed, so no spread is shown: add seeds to judge a change against the noise."))
     best_run = max(best_runs, key=acc)
     return Report(study=study, rows=rows, ema=ema, trials=trials, epoch_note=epoch_note,
-                  best_run_id=best_run.info.run_id, top_n=top)
+                  best_run_id=best_run.info.run_id, top_n=top, best_terms=loss_term_curves(client, best_runs))
 
 
 def _trial_point(name: str, rs: list) -> TrialPoint:
@@ -169,7 +189,8 @@ def _trial_point(name: str, rs: list) -> TrialPoint:
     values = {k: float(p[k]) for k in SEARCHED if k in p}
     return TrialPoint(trial=name, params=values, test_acc=[r.data.metrics["final_test_acc"] for r in rs],
                       delta=[r.data.metrics["delta_vs_baseline"] for r in rs],
-                      num_params=int(rs[0].data.metrics.get("num_params", 0)), run_ids=[r.info.run_id for r in rs])
+                      num_params=int(rs[0].data.metrics.get("num_params", 0)), run_ids=[r.info.run_id for r in rs],
+                      method=p.get("method", "kd"))
 
 
 def load_optuna_study(study: str, storage: str | None):
