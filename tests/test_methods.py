@@ -314,3 +314,46 @@ def test_registering_a_name_twice_is_refused():
 
     with pytest.raises(ValueError, match="'kd' registered twice"):
         register(LOSSES.get("kd"))
+
+
+# ---- dist ---------------------------------------------------------------------------------------
+
+
+def pearson_distance64(a, b, dim):
+    """mean of 1 - corr along ``dim`` (the paper's definition), with the implementation's 1e-8 guard."""
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    corr = (a * b).sum(dim) / (torch.sqrt((a * a).sum(dim) * (b * b).sum(dim)) + 1e-8)
+    return 1 - corr.mean()
+
+
+# not 2 samples: centred over a batch of 2, each class column is (d, -d), so the intra correlation is
+# exactly +-1, its float64 gradient is 0 and only float32 noise would be compared
+@pytest.mark.parametrize("b,c", [(3, 4), (16, 10), (64, 100)])
+@pytest.mark.parametrize("beta,gamma,temp", [(2.0, 2.0, 4.0), (1.0, 0.5, 1.0)])
+def test_dist_matches_reference(b, c, beta, gamma, temp):
+    s, t, y = logits(b, c, seed=7 * b + c)
+    s32, s64 = leaves(s)
+    _, terms = method_terms("dist", s32, t, y, {"beta": beta, "gamma": gamma, "temperature": temp})
+    assert list(terms) == ["ce", "inter", "intra"]
+    p_s, p_t = torch.exp(log_softmax64(s64 / temp)), torch.exp(log_softmax64(t.double() / temp))
+    check_term(terms["ce"], s32, ce64(s64, y), s64)
+    check_term(terms["inter"], s32, beta * temp * temp * pearson_distance64(p_s, p_t, 1), s64)
+    check_term(terms["intra"], s32, gamma * temp * temp * pearson_distance64(p_s, p_t, 0), s64)
+
+
+def test_dist_is_zero_for_perfectly_correlated_predictions():
+    s, _, y = logits(16, 10, seed=13)
+    _, terms = method_terms("dist", s, s.clone(), y, {"temperature": 1.0})
+    assert abs(terms["inter"].item()) < 1e-5 and abs(terms["intra"].item()) < 1e-5
+    _, other = method_terms("dist", s, logits(16, 10, seed=14)[0], y, {"temperature": 1.0})
+    assert other["inter"].item() > 0.1 and other["intra"].item() > 0.1  # and not for unrelated ones
+
+
+def test_dist_batch_of_one_has_a_finite_gradient():
+    # the intra relation of a single sample compares constant vectors: the eps guard keeps it finite
+    s, t, y = logits(1, 10, seed=15)
+    s = s.requires_grad_(True)
+    total, _ = method_terms("dist", s, t, y)
+    (g,) = torch.autograd.grad(total, s)
+    assert torch.isfinite(total) and torch.isfinite(g).all()
