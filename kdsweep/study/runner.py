@@ -141,6 +141,10 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
     with locks.hold(f"recover:{spec.name}"):  # trials of killed or interrupted runs: fail, close, retry
         recovery.recover(study, recorder)
+    with locks.hold(f"first-trials:{spec.name}"):  # each searched method once, queued by one worker only
+        if not study.trials:
+            for params in space.first_trials(spec):
+                study.enqueue_trial(params, skip_if_exists=True)
     if on_open is not None:
         on_open(sum(t.state in DONE for t in study.trials))
     teacher = None  # teacher.mode online: each trial trains its own (study/online.py)

@@ -64,6 +64,16 @@ def sample(trial, spec: StudySpec) -> dict[str, Any]:
     return values
 
 
+def first_trials(spec: StudySpec) -> list[dict[str, Any]]:
+    """Params fixed for a new study's first trials: each searched method once, so every method is tried
+    before the sampler (which sees only finished trials) can settle on one. Empty when ``method`` is not
+    searched from choices, or under the grid sampler (it enumerates every method itself)."""
+    p = spec.search.method
+    if not isinstance(p, Choices) or spec.sampler == "grid":
+        return []
+    return [{"method": m} for m in dict.fromkeys(p.choices)]
+
+
 def grid_space(spec: StudySpec) -> dict[str, list]:
     """Search space for Optuna's GridSampler (choices, or ranges with a step)."""
     grid: dict[str, list] = {}
