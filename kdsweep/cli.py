@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from kdsweep.errors import KdsweepError, SpecError
+from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, sqlite_file
 
 DATA_ROOT_ENV = "KDSWEEP_DATA_ROOT"
 
@@ -229,9 +230,9 @@ def server() -> None:
 @server.command("start")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; 0.0.0.0 exposes the UI to the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
-@click.option("--backend-store-uri", default="sqlite:///mlruns/mlflow.db", show_default=True,
+@click.option("--backend-store-uri", default=DEFAULT_TRACKING_URI, show_default=True,
               help="Where runs are stored: a SQLite file or postgresql://USER:PASSWORD@HOST:5432/mlflow.")
-@click.option("--artifacts-destination", default="mlruns/artifacts", show_default=True,
+@click.option("--artifacts-destination", default=DEFAULT_ARTIFACTS, show_default=True,
               help="Where the server keeps artifacts (checkpoints): a folder or a URI such as s3://bucket/path.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Server processes.")
 @click.option("--allowed-hosts", help="Host headers to accept when reached by name, e.g. mlflow.lab:5000.")
@@ -251,8 +252,8 @@ def server_start(**opts) -> None:
 @main.command("report")
 @click.argument("studies", metavar="STUDY...", nargs=-1, required=True)
 @click.option("--compare", is_flag=True, help="Put two or more studies side by side (e.g. with and without EMA).")
-@click.option("--tracking-uri", default="sqlite:///mlruns/mlflow.db", show_default=True)
-@click.option("--storage", default="sqlite:///mlruns/optuna.db", show_default=True,
+@click.option("--tracking-uri", default=DEFAULT_TRACKING_URI, show_default=True)
+@click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
               help="Optuna storage, for the Optuna plots in --format html.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "html"]), default="md", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
@@ -266,7 +267,8 @@ def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: 
         raise UserError(f"STUDY={' '.join(studies)!r}: give one study, or --compare with two or more")
     if compare and register:
         raise UserError(f"--register={register!r}: registers the best student of one study; drop --compare")
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.exists():
         raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
     try:
         if compare:

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import kd_config
 from kdsweep.core.config import TrainConfig
-from kdsweep.core.pool import TrainingPool
+from kdsweep.study.pool import TrainingPool
 from kdsweep.core.trainer import train
 
 

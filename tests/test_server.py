@@ -17,7 +17,7 @@ import yaml
 
 from conftest import REPO, free_port, require_or_skip, run_cli, write_spec
 from kdsweep.errors import StudyError
-from kdsweep.study import coordination
+from kdsweep import stores
 from kdsweep.tracking.server import healthy
 
 STUDENT = {"arch": "resnet8", "width": 0.5, "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.05}}
@@ -103,18 +103,18 @@ def test_server_start_refuses_bad_settings_before_starting(tmp_path, args, field
 
 def test_sqlite_store_refuses_a_second_writer(tmp_path):
     url = f"sqlite:///{tmp_path}/mlruns/optuna.db"
-    with coordination.single_writer(url, field="storage"):
+    with stores.single_writer(url, field="storage"):
         with pytest.raises(StudyError, match="another kdsweep process.*PostgreSQL"):
-            with coordination.single_writer(url, field="storage"):
+            with stores.single_writer(url, field="storage"):
                 pass
-    with coordination.single_writer(url, field="storage"):  # free again once the first writer is done
+    with stores.single_writer(url, field="storage"):  # free again once the first writer is done
         pass
 
 
 def test_second_study_process_on_one_sqlite_file_is_refused(tmp_path, subset_root):
     store = tmp_path / "mlruns" / "optuna.db"
     spec = write_spec(tmp_path / "spec.yaml", subset_root, storage=f"sqlite:///{store}", student=STUDENT)
-    with coordination.single_writer(f"sqlite:///{store}", field="storage"):  # a study already running
+    with stores.single_writer(f"sqlite:///{store}", field="storage"):  # a study already running
         result = run_cli("study", "run", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     assert "another kdsweep process is writing to" in result.stderr and "PostgreSQL" in result.stderr

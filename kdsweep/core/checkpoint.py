@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kdsweep.errors import CheckpointError
 
@@ -64,3 +65,26 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         # (IndexError, KeyError, UnicodeDecodeError, EOFError, RuntimeError...): all mean a damaged file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({first})") from exc
+
+
+def weights_payload(cfg, num_classes: int, model: nn.Module) -> dict[str, Any]:
+    """A trained model as plain tensors plus what rebuilds it (``cfg``: its TrainConfig, for arch and width)."""
+    return {"arch": cfg.arch, "width": cfg.width, "num_classes": num_classes,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_weights(path: Path, arch: str, width: float, num_classes: int) -> nn.Module:
+    """Build ``arch`` and load weights saved by kdsweep (or a bare state_dict)."""
+    payload = load_checkpoint(path)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds no state_dict")
+    from kdsweep.core.models import build_model
+
+    model = build_model(arch, num_classes=num_classes, width=width)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: does not fit {arch} x{width}: {first}") from exc
+    return model

@@ -24,7 +24,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Protocol
 
 import optuna
@@ -32,6 +31,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from kdsweep.errors import StudyError
+from kdsweep.stores import url_scheme
 from kdsweep.study import recovery
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -89,11 +89,6 @@ class PostgresLocks:
                     pass  # the connection is gone, and PostgreSQL released the lock with it
 
 
-def url_scheme(url: str) -> str:
-    """``postgresql+psycopg2://...`` -> ``postgresql``."""
-    return url.split(":", 1)[0].split("+", 1)[0].lower()
-
-
 def locks_for(url: str) -> Locks:
     scheme = url_scheme(url)
     if scheme == "postgresql":
@@ -114,43 +109,6 @@ def shared_store_problem(field: str, url: str) -> str | None:
         return (f"tracking_uri={url!r}: workers log through an MLflow server (kdsweep server start "
                 "--backend-store-uri postgresql://.../mlflow). Pass --tracking-uri http://HOST:5000")
     return None
-
-
-def sqlite_file(url: str) -> Path | None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url.removeprefix("sqlite:///"))
-    return None
-
-
-@contextlib.contextmanager
-def single_writer(url: str, *, field: str) -> Iterator[None]:
-    """Hold an exclusive lock on a SQLite file for as long as this process writes to it.
-
-    ``flock`` is separate from SQLite's own byte-range locks, so it never blocks SQLite itself;
-    it only stops a second kdsweep process, which would otherwise wait on "database is locked"
-    and lose heartbeats. Other URLs pass through.
-    """
-    path = sqlite_file(url)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; SQLite's own locking still applies
-        fcntl = None
-    if path is None or fcntl is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyError(
-                f"{field}={url!r}: another kdsweep process is writing to {path}; SQLite takes one writer "
-                "at a time. To run several workers use PostgreSQL: kdsweep study worker SPEC "
-                "--storage postgresql://... --tracking-uri http://...") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def count(study: optuna.Study) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import optuna
 
-from kdsweep.core.pool import TrainingPool
+from kdsweep.study.pool import TrainingPool
 
 
 def run_packed(pool: TrainingPool, open_study: Callable[[], optuna.Study],

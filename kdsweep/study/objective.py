@@ -28,7 +28,8 @@ from kdsweep.study.online import OnlineTeacherRun
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.tables import describe_source
-from kdsweep.study.teacher import Trained, obtain, weights_payload
+from kdsweep.core.checkpoint import weights_payload
+from kdsweep.study.teacher import Trained, obtain
 
 
 class StopStudy(KeyboardInterrupt):

@@ -19,7 +19,7 @@ from kdsweep.core.data import ImageSet
 from kdsweep.core.trainer import RunRequest, TrainResult
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
-from kdsweep.study.teacher import weights_payload
+from kdsweep.core.checkpoint import weights_payload
 
 # the teacher steps on the student's batches, so these come from the student's recipe
 SHARED_WITH_STUDENT = ("epochs", "batch_size", "augment", "precision")

@@ -15,16 +15,18 @@ from optuna.trial import TrialState
 
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.data import ImageSet, load_dataset
-from kdsweep.core.pool import TrainingPool
+from kdsweep.study.pool import TrainingPool
 from kdsweep.core.trainer import resolve_device, train
 from kdsweep.errors import StudyError
+from kdsweep import stores
 from kdsweep.study import coordination, jobs, recovery, space, tables
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective, StopStudy
 from kdsweep.study.recorder import Recorder
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.storage import HEARTBEAT_SECONDS, open_storage
-from kdsweep.study.teacher import Trained, from_checkpoint, obtain, weights_payload
+from kdsweep.core.checkpoint import weights_payload
+from kdsweep.study.teacher import Trained, from_checkpoint, obtain
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -98,7 +100,7 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
         raise StudyError("teacher.mode='online': an online teacher is trained with each student, never alone")
     device = str(resolve_device(spec.device))
     data = load_data(spec)
-    with coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
+    with stores.single_writer(spec.tracking_uri, field="tracking_uri"):
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
         teacher = get_teacher(spec, data, recorder, workdir, device)
         recorder.end_study({"teacher_test_acc": teacher.test_acc})
@@ -126,8 +128,8 @@ def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlru
     # before any store, file or run exists
     device = str(resolve_device(spec.device))
     data = load_data(spec)
-    with coordination.single_writer(spec.storage, field="storage"), \
-            coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
+    with stores.single_writer(spec.storage, field="storage"), \
+            stores.single_writer(spec.tracking_uri, field="tracking_uri"):
         return _run_study(spec, data, device, recorder=recorder, workdir=workdir, heartbeat=heartbeat,
                           on_open=on_open)
 

@@ -18,17 +18,10 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 from kdsweep.core.methods import LOSSES
 from kdsweep.core.searchable import METHOD, RECIPE, Searchable, method_searchables
 
-DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_ARTIFACTS = "mlruns/artifacts"
+from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, url_scheme
+
 STORAGE_SCHEMES = {"sqlite", "postgresql"}  # what kdsweep runs studies on (see study/coordination.py)
 TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "databricks"}
-
-
-def _scheme(url: str) -> str:
-    """``postgresql+psycopg2://...`` -> ``postgresql``; no scheme -> ``''``."""
-    head, sep, _ = url.partition(":")
-    return head.split("+", 1)[0].lower() if sep else ""
 
 
 class Strict(BaseModel):
@@ -321,7 +314,7 @@ class StudySpec(Strict):
     @field_validator("storage")
     @classmethod
     def _storage_url(cls, v: str) -> str:
-        scheme = _scheme(v)
+        scheme = url_scheme(v)
         if scheme not in STORAGE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
             raise ValueError("Optuna storage must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
         return v
@@ -329,7 +322,7 @@ class StudySpec(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, v: str) -> str:
-        scheme = _scheme(v)
+        scheme = url_scheme(v)
         if scheme not in TRACKING_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
             raise ValueError(f"MLflow tracking URI must start with one of {sorted(TRACKING_SCHEMES)} "
                              "(e.g. sqlite:///mlruns/mlflow.db or http://127.0.0.1:5000)")

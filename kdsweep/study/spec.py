@@ -13,10 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from kdsweep.errors import SpecError
-from kdsweep.study.schema import (  # noqa: F401  (the schema's names, re-exported for the study's modules)
-    DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, STORAGE_SCHEMES, TRACKING_SCHEMES, _UNION_TAGS, Choices,
-    DataSpec, Param, Range, Recipe, SearchSpace, StudentSpec, StudySpec, TeacherSpec, _scheme,
-)
+from kdsweep.study.schema import _UNION_TAGS, DataSpec, StudySpec
+from kdsweep.study.schema import Choices, Param, Range  # noqa: F401  (re-exported: the study's modules read them here)
 
 # CLI flags that override spec fields: named in messages so a bad flag is not blamed on the file
 FLAG_FIELDS = {"data_root": ("data.root", "--data-root or $KDSWEEP_DATA_ROOT"), "n_trials": ("n_trials", "--n-trials"),

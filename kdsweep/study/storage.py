@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import optuna
 import warnings
@@ -18,6 +17,7 @@ import warnings
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from kdsweep.interrupts import holding
+from kdsweep.stores import sqlite_file
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
@@ -40,14 +40,8 @@ class HeldRDBStorage(RDBStorage):
     """
 
 
-def sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///"))
-    return None
-
-
 def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS) -> RDBStorage:
-    path = sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = {"pool_pre_ping": True}

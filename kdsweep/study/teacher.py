@@ -10,17 +10,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from torch import nn
 
-from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
+from kdsweep.core.checkpoint import load_weights, save_checkpoint, weights_payload
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet
-from kdsweep.core.models import build_model, count_params
+from kdsweep.core.models import count_params
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import TrainResult, evaluate_split, train
-from kdsweep.errors import CheckpointError
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.recorder import Recorder, RunInfo
 
@@ -35,26 +34,6 @@ class Trained:
     @property
     def test_acc(self) -> float:
         return self.summary["final_test_acc"]
-
-
-def weights_payload(cfg: TrainConfig, num_classes: int, model: nn.Module) -> dict[str, Any]:
-    return {"arch": cfg.arch, "width": cfg.width, "num_classes": num_classes,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-
-
-def load_weights(path: Path, arch: str, width: float, num_classes: int) -> nn.Module:
-    """Build ``arch`` and load weights saved by kdsweep (or a bare state_dict)."""
-    payload = load_checkpoint(path)
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: holds no state_dict")
-    model = build_model(arch, num_classes=num_classes, width=width)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path}: does not fit {arch} x{width}: {first}") from exc
-    return model
 
 
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,

@@ -20,6 +20,7 @@ from typing import Any
 from kdsweep.core.trainer import EpochMetrics
 from kdsweep.errors import TrackingError
 from kdsweep.interrupts import held
+from kdsweep.stores import DEFAULT_ARTIFACTS, sqlite_file
 from kdsweep.study.recorder import FinishedRun, RunInfo
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
@@ -93,7 +94,7 @@ class Guarded:
 
 
 class MlflowRecorder:
-    def __init__(self, tracking_uri: str, *, artifacts: str = "mlruns/artifacts", workdir: Path = Path("mlruns")) -> None:
+    def __init__(self, tracking_uri: str, *, artifacts: str = DEFAULT_ARTIFACTS, workdir: Path = Path("mlruns")) -> None:
         quiet_mlflow_logs()
         check_reachable(tracking_uri)
         self.uri = tracking_uri
@@ -108,8 +109,9 @@ class MlflowRecorder:
         """Made on first use: a SQLite store is a file, and a study that fails before its first
         run (bad data, no device) must leave no file behind."""
         if self._client is None:
-            if self.uri.startswith("sqlite:///"):
-                Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite_file(self.uri)
+            if db is not None:
+                db.parent.mkdir(parents=True, exist_ok=True)
             from mlflow.tracking import MlflowClient
 
             self._client = Guarded(MlflowClient(self.uri), self.uri)

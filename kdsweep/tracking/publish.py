@@ -137,7 +137,7 @@ def register_best(report: Report, tracking_uri: str, name: str, *, client=None):
     from mlflow.types import Schema, TensorSpec
 
     from kdsweep.core.checkpoint import load_checkpoint
-    from kdsweep.study.teacher import load_weights
+    from kdsweep.core.checkpoint import load_weights
 
     client = client or client_for(tracking_uri)
     run_id = report.best_run_id

@@ -197,9 +197,10 @@ def load_optuna_study(study: str, storage: str | None):
     """The Optuna study behind the report, or (None, reason) when it cannot be opened."""
     if not storage:
         return None, "no Optuna storage given (--storage)"
-    from pathlib import Path
+    from kdsweep.stores import sqlite_file
 
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+    db = sqlite_file(storage)
+    if db is not None and not db.exists():
         return None, f"Optuna storage {storage} does not exist"
     import optuna
 

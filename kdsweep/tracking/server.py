@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdsweep.errors import TrackingError
-from kdsweep.study.coordination import single_writer, sqlite_file, url_scheme
+from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, single_writer, sqlite_file, url_scheme
 
-DEFAULT_BACKEND = "sqlite:///mlruns/mlflow.db"
-DEFAULT_ARTIFACTS = "mlruns/artifacts"
+DEFAULT_BACKEND = DEFAULT_TRACKING_URI  # the server's backend store is what the CLI logs to by default
 DEFAULT_LOG = "mlruns/mlflow-server.log"
 BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql")
 
