@@ -94,6 +94,14 @@ def study_run(spec_path: Path, **flags) -> None:
     _run(spec_path, flags)
 
 
+@study.command("confirm")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+def study_confirm(spec_path: Path, **flags) -> None:
+    """Run (or resume) only the confirmation stage: SPEC's best trials retrained on its confirm.seeds."""
+    _run(spec_path, flags, search=False)
+
+
 @study.command("worker")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @override_options
@@ -133,12 +141,14 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # `kill` (SIGTERM, as batch schedulers send) stops a study as Ctrl-C does
 
 
-def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
+def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: bool = True) -> None:
     import signal
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         spec = _load(spec_path, **flags)
+        if not search and spec.confirm is None:
+            raise SpecError([f"{spec_path}: confirm is not set: add confirm: {{top_k: 3, seeds: [100, 101, 102]}}"])
         from kdsweep.progress import ProgressRecorder
         from kdsweep.study.runner import run_study
         from kdsweep.tracking.logger import MlflowRecorder
@@ -146,7 +156,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
         recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
         extra = {} if heartbeat is None else {"heartbeat": heartbeat}
         with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
-            outcome = run_study(spec, recorder=progress,
+            outcome = run_study(spec, recorder=progress, search=search,
                                 on_open=lambda done: progress.already_done(done * len(spec.seeds)), **extra)
     except KdsweepError as exc:
         raise fail(exc) from None
@@ -163,6 +173,10 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None) -> None:
     if outcome.packed:
         click.echo(f"jobs {spec.jobs}: {sum(outcome.packed)} trainings in {len(outcome.packed)} packed loops "
                    f"(runs per loop: {', '.join(map(str, outcome.packed))})")
+    if outcome.confirmed:
+        trials = sorted({c.trial for c in outcome.confirmed})
+        click.echo(f"confirmed trials {', '.join(map(str, trials))} (the best by validation) on seeds "
+                   f"{', '.join(map(str, spec.confirm.seeds))}: {len(outcome.confirmed)} runs")
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
 
@@ -173,7 +187,7 @@ def _best(outcome) -> str:
         return "no trial complete"
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in outcome.best_params.items())
-    return f"best trial {outcome.best_trial}: {outcome.best_value:.4f} ({params})"
+    return f"best trial {outcome.best_trial} by validation: {outcome.best_value:.4f} ({params})"
 
 
 def _publish(spec) -> None:
@@ -215,7 +229,7 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     except KdsweepError as exc:
         raise fail(exc) from None
     how = "reused" if trained.reused else "trained"
-    click.echo(f"teacher {spec.teacher.arch} x{spec.teacher.width} {how}: final test acc {trained.test_acc:.4f} "
+    click.echo(f"teacher {spec.teacher.arch} x{spec.teacher.width} {how}: final test acc {trained.summary.final_test_acc:.4f} "
                f"(MLflow run {trained.run_id})")
     click.echo(f"weights: {path}")
     click.echo(f"students: kdsweep study run {spec_path} (reuses it), or in any study: "

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.trainer import EpochMetrics
 from kdsweep.study.recorder import FinishedRun, Recorder, RunInfo
 
@@ -52,7 +53,8 @@ class ProgressRecorder:
         self.inner.log_epoch(run_id, metrics)
         if run_id in self.tasks:
             self.progress.update(self.tasks[run_id], completed=metrics.epoch,
-                                 info=f"test {metrics.score:.3f}  {metrics.images_per_second:,.0f} img/s")
+                                 info=f"{'val' if metrics.val_score is not None else 'test'} {metrics.score:.3f}  "
+                                      f"{metrics.images_per_second:,.0f} img/s")
 
     def _close(self, run_id: str, distilled: bool) -> None:
         task = self.tasks.pop(run_id, None)
@@ -61,12 +63,13 @@ class ProgressRecorder:
         if distilled:
             self.progress.advance(self.trials)
 
-    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None:
+    def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
         self.inner.finish(run_id, summary, checkpoint)
-        distilled = "delta_vs_baseline" in summary
+        distilled = summary.selected_delta is not None
         if distilled:
-            self.progress.update(self.trials, info=f"last {summary['final_test_acc']:.3f} "
-                                                   f"({summary['delta_vs_baseline']:+.3f} vs baseline)")
+            sel = summary.selection()
+            self.progress.update(self.trials, info=f"last {sel.split} {sel.final_acc:.3f} "
+                                                   f"({summary.selected_delta:+.3f} vs baseline)")
         self._close(run_id, distilled)
 
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:

@@ -88,7 +88,7 @@ def test_report_formats_to_file(finished_study, fmt, marker):
 def test_run_prints_the_best_trial_rounded(finished_study):
     _, _, proc = finished_study
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("study tiny:"))
-    assert re.search(r"best trial \d+: -?\d\.\d{4} \(.*kd\.temperature=[\d.e+-]+", line), line
+    assert re.search(r"best trial \d+ by validation: -?\d\.\d{4} \(.*kd\.temperature=[\d.e+-]+", line), line
 
 
 def test_rerun_of_a_finished_study_trains_nothing(finished_study):

@@ -33,7 +33,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = no EMA; else weight of the old average per step
     method: str = "ce"  # the loss, a name in kdsweep.core.methods.LOSSES; ce = no teacher
     method_params: Mapping[str, float] = field(default_factory=dict)  # that method's params (defaults filled in)
-    patience: int = 0  # early stopping: epochs without a better test accuracy; 0 = off
+    patience: int = 0  # early stopping: epochs without a better validation accuracy (test without one); 0 = off
     augment: bool = True  # 4-pixel-pad random crop + horizontal flip
     seed: int = 0
     device: str = "cpu"

@@ -32,10 +32,18 @@ class ImageSet:
     mean: tuple[float, float, float]  # per channel on the 0..1 scale, from train_x only
     std: tuple[float, float, float]
     identity: str  # sha256 of the options and bytes; keys teacher caches
+    # held out of the training images (core/split.py); no run trains on them
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    val_digest: str = ""  # sha256 of the held-out indices: the validation split's identity
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_y is not None and len(self.val_y) > 0
 
 
 DATASETS: Registry[Callable[..., ImageSet]] = Registry("dataset")

@@ -31,6 +31,7 @@ from kdsweep.core.layout import use_channels_last
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.precision import autocast_for, teacher_bf16
 from kdsweep.core.step import StepRunner
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.errors import KdsweepError
 
@@ -53,6 +54,8 @@ class EpochMetrics:
     epoch_seconds: float
     images_per_second: float  # training images per second (evaluation excluded)
     loss_terms: dict[str, float] = field(default_factory=dict)  # the method's named terms; they sum to train_loss
+    val_acc: float | None = None  # raw weights, the validation split; None when the data has none
+    val_acc_ema: float | None = None
 
     def as_dict(self) -> dict[str, float]:
         """Flat metrics for logging: each loss term as ``loss_<term>``."""
@@ -61,9 +64,20 @@ class EpochMetrics:
         return out
 
     @property
-    def score(self) -> float:
-        """The accuracy this run is judged by: EMA weights when EMA is on, else raw."""
+    def test_score(self) -> float:
+        """Test accuracy of the scored weights: EMA weights when EMA is on, else raw. Reported, never decided on."""
         return self.test_acc_ema if self.test_acc_ema is not None else self.test_acc
+
+    @property
+    def val_score(self) -> float | None:
+        """Validation accuracy of the scored weights (None without a validation split)."""
+        return self.val_acc_ema if self.val_acc_ema is not None else self.val_acc
+
+    @property
+    def score(self) -> float:
+        """The accuracy decisions read (early stopping, pruning, the best epoch): validation where the data
+        has a validation split, else the test split (a study says so: ``selection: test``)."""
+        return self.val_score if self.val_score is not None else self.test_score
 
 
 @dataclass
@@ -85,21 +99,17 @@ class TrainResult:
     def scored_model(self) -> nn.Module:
         return self.ema_model.module if self.ema_model is not None else self.model
 
-    def summary(self) -> dict[str, float]:
-        """Final-epoch numbers (the reported epoch), plus the best epoch for reference only."""
-        best = max(self.history, key=lambda m: m.score)
-        out = {
-            "final_epoch": self.final.epoch,
-            "final_test_acc": self.final.score,
-            "final_test_acc_raw": self.final.test_acc,
-            "final_train_acc": self.final.train_acc,
-            "best_test_acc": best.score,
-            "best_epoch": best.epoch,
-            "num_params": self.num_params,
-        }
-        if self.final.test_acc_ema is not None:
-            out["final_test_acc_ema"] = self.final.test_acc_ema
-        return out
+    def summary(self) -> RunSummary:
+        """The final epoch (reported by default) and the best epoch by validation, each with its test accuracy."""
+        final = self.final
+        best = max(self.history, key=lambda m: m.score)  # the first of equals: the earliest epoch
+        val = final.val_score is not None
+        return RunSummary(
+            final_epoch=final.epoch, final_test_acc=final.test_score, final_train_acc=final.train_acc,
+            num_params=self.num_params, final_test_acc_raw=final.test_acc, final_test_acc_ema=final.test_acc_ema,
+            final_val_acc=final.val_score, best_val_epoch=best.epoch if val else None,
+            best_val_acc=best.val_score if val else None, best_val_test_acc=best.test_score if val else None,
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,7 +210,7 @@ class Run:
     batches. ``loaders`` lets runs of one group share the training and test loaders.
     """
 
-    def __init__(self, req: RunRequest, data: ImageSet, *, loaders: tuple[DeviceLoader, DeviceLoader] | None = None,
+    def __init__(self, req: RunRequest, data: ImageSet, *, loaders: tuple[DeviceLoader, DeviceLoader, DeviceLoader | None] | None = None,
                  allow_graph: bool = True) -> None:
         cfg, teacher, model = req.cfg, req.teacher, req.model
         if cfg.distills and teacher is None and req.co_teacher is None:
@@ -230,9 +240,11 @@ class Run:
             # big evaluation batches on a GPU: fewer launches per epoch-end evaluation
             eval_batch = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
             test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=eval_batch, train=False, **common)
-            loaders = (train_loader, test_loader)
+            val_loader = (DeviceLoader(data.val_x, data.val_y, batch_size=eval_batch, train=False, **common)
+                          if data.has_val else None)
+            loaders = (train_loader, test_loader, val_loader)
         self.loaders = loaders
-        train_loader, self.test_loader = loaders
+        train_loader, self.test_loader, self.val_loader = loaders
         self.co: Run | None = None
         if req.co_teacher is not None:
             check_pair(cfg, req.co_teacher.cfg)
@@ -342,11 +354,15 @@ class Run:
         eval_start = time.perf_counter()
         test_acc = evaluate(self.model, self.test_loader, self.autocast)
         test_acc_ema = evaluate(self.ema.module, self.test_loader, self.autocast) if self.ema is not None else None
+        val_acc = val_acc_ema = None
+        if self.val_loader is not None:
+            val_acc = evaluate(self.model, self.val_loader, self.autocast)
+            val_acc_ema = evaluate(self.ema.module, self.val_loader, self.autocast) if self.ema is not None else None
         metrics = EpochMetrics(
             epoch=epoch + 1, train_loss=train_loss, train_acc=correct.item() / seen, test_acc=test_acc,
             test_acc_ema=test_acc_ema, lr=self.sched.get_last_lr()[0],
             epoch_seconds=train_seconds + time.perf_counter() - eval_start, images_per_second=seen / train_seconds,
-            loss_terms=terms,
+            loss_terms=terms, val_acc=val_acc, val_acc_ema=val_acc_ema,
         )
         self.history.append(metrics)
         if metrics.score > self.best:
@@ -413,12 +429,13 @@ def train(
 
 
 def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",
-                   batch_size: int = 512) -> tuple[float, float]:
-    """(train accuracy without augmentation, test accuracy) of a trained model."""
+                   batch_size: int = 512) -> tuple[float, float, float | None]:
+    """(train accuracy without augmentation, test accuracy, validation accuracy or None) of a trained model."""
     dev = resolve_device(device)
     model.to(dev)
     common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False)
     autocast = contextlib.nullcontext if dev.type == "cpu" else (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
     train_acc = evaluate(model, DeviceLoader(data.train_x, data.train_y, **common), autocast)
     test_acc = evaluate(model, DeviceLoader(data.test_x, data.test_y, **common), autocast)
-    return train_acc, test_acc
+    val_acc = evaluate(model, DeviceLoader(data.val_x, data.val_y, **common), autocast) if data.has_val else None
+    return train_acc, test_acc, val_acc

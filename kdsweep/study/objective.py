@@ -1,12 +1,17 @@
 """One Optuna trial: sample values, train a distilled student per seed, compare with baselines.
 
-The trial's value is the mean over seeds of the final-epoch test accuracy (``objective:
-test_acc``) or of its gain over the matched baseline (``objective: delta_vs_baseline``); the
-spread over seeds is stored beside it, so a gain can be read against the noise.
+Every decision here reads validation numbers only (``RunSummary.selection()`` and
+``EpochMetrics.score``): the trial's value is the mean over seeds of the final-epoch validation
+accuracy (``objective: val_acc``) or of its gain over the matched baseline on validation
+(``objective: delta_vs_baseline``), and the pruner sees validation accuracy per epoch. Test
+numbers pass through to the recorder untouched. Only a study with ``selection: test`` (no
+validation split) selects on the test split, and its report says so. The spread over seeds is
+stored beside the value, so a gain can be read against the noise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import statistics
@@ -29,7 +34,8 @@ from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.tables import describe_source
 from kdsweep.core.checkpoint import weights_payload
-from kdsweep.study.teacher import Trained, obtain
+from kdsweep.core.summary import Selected
+from kdsweep.study.teacher import Trained, data_params, obtain
 
 
 class StopStudy(KeyboardInterrupt):
@@ -125,14 +131,16 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         values = space.sample(trial, self.spec)
+        trial.set_user_attr("values", values)  # every value of the trial, drawn or fixed: the confirmation reruns it
         scores, deltas = [], []
         for i, seed in enumerate(self.spec.seeds):
             base = self.baseline(values["width"], seed)
             # Optuna prunes single-objective studies only
-            acc = self._train_one(trial, values, seed, base, report=(i == 0 and not self.spec.multi_objective))
-            scores.append(acc)
-            deltas.append(acc - base.test_acc)
-        for name, xs in (("test_acc", scores), ("delta_vs_baseline", deltas)):
+            sel = self._train_one(trial, values, seed, base, report=(i == 0 and not self.spec.multi_objective))
+            scores.append(sel.final_acc)
+            deltas.append(sel.final_acc - base.selected_acc)
+        split = sel.split  # "val" (or "test" under selection: test)
+        for name, xs in ((f"{split}_acc", scores), (f"{split}_delta_vs_baseline", deltas)):
             trial.set_user_attr(f"{name}_mean", statistics.fmean(xs))
             trial.set_user_attr(f"{name}_std", statistics.stdev(xs) if len(xs) > 1 else 0.0)
         trial.set_user_attr("seeds", list(self.spec.seeds))
@@ -144,16 +152,14 @@ class Objective:
             return value, float(size)
         return value
 
-    def _train_one(self, trial: optuna.Trial, values: dict[str, float], seed: int, base: Trained,
-                   *, report: bool) -> float:
+    def _train_one(self, trial: optuna.Trial, values: dict, seed: int, base: Trained, *, report: bool) -> Selected:
         cfg = space.student_config(self.spec, values, seed=seed, device=self.device)
         key = cfg.fingerprint(data_identity=self.data.identity)
         online = None
         if self.spec.teacher.mode == "online":  # a fresh teacher trained beside this student
             online = OnlineTeacherRun(self.spec, self.data, cfg, recorder=self.recorder, trial=trial, seed=seed,
                                       workdir=self.workdir)
-        params = {**cfg.as_params(), "trial": trial.number, "data_identity": self.data.identity,
-                  "baseline_run_id": base.run_id,
+        params = {**cfg.as_params(), **data_params(self.data), "trial": trial.number, "baseline_run_id": base.run_id,
                   "teacher_run_id": online.run_id if online else self.teacher.run_id,
                   "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg)}
         tags = {"study": self.spec.name, "trial": str(trial.number), "seed": str(seed)}
@@ -163,10 +169,10 @@ class Objective:
 
         def on_epoch(m) -> None:
             self.recorder.log_epoch(run_id, m)
-            if report:
+            if report:  # m.score: validation accuracy (the test split's only under selection: test)
                 trial.report(m.score, m.epoch)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (test_acc {m.score:.4f})")
+                    raise optuna.TrialPruned(f"pruned at epoch {m.epoch} (selection accuracy {m.score:.4f})")
 
         try:
             # an online pair keeps the checkpoint name it always had (a resumed pair finds its epochs)
@@ -184,11 +190,11 @@ class Objective:
             for rid in [run_id] + ([online.run_id] if online else []):
                 self.recorder.fail(rid, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
             raise
-        teacher_acc = online.finish(result) if online is not None else self.teacher.test_acc
+        if online is not None:
+            online.finish(result)
         summary = result.summary()
-        summary["delta_vs_baseline"] = summary["final_test_acc"] - base.test_acc
-        summary["delta_vs_teacher"] = summary["final_test_acc"] - teacher_acc
+        summary = dataclasses.replace(summary, selected_delta=summary.selection().final_acc - base.selected_acc)
         final = save_checkpoint(weights_payload(cfg, self.data.num_classes, result.scored_model),
                                 self.workdir / "models" / f"distilled-{key}.pt")
         self.recorder.finish(run_id, summary, final)
-        return summary["final_test_acc"]
+        return summary.selection()

@@ -20,6 +20,7 @@ from kdsweep.core.trainer import RunRequest, TrainResult
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.core.checkpoint import weights_payload
+from kdsweep.study.teacher import data_params
 
 # the teacher steps on the student's batches, so these come from the student's recipe
 SHARED_WITH_STUDENT = ("epochs", "batch_size", "augment", "precision")
@@ -44,8 +45,7 @@ class OnlineTeacherRun:
         student_key = student.fingerprint(data_identity=data.identity)
         # keyed by the pair, so it never matches (and is never reused as) a pretrained teacher
         self.key = self.cfg.fingerprint(data_identity=f"{data.identity}|online-with:{student_key}")
-        params = {**self.cfg.as_params(), "mode": "online", "trial": trial.number,
-                  "data_identity": data.identity, "dataset": data.name}
+        params = {**self.cfg.as_params(), **data_params(data), "mode": "online", "trial": trial.number}
         tags = {"study": spec.name, "trial": str(trial.number), "seed": str(seed), "mode": "online"}
         # under the prefix recovery.py closes when a killed trial is retried
         attr = f"mlflow_run_id_seed{seed}_teacher"
@@ -58,8 +58,8 @@ class OnlineTeacherRun:
         callback (which may prune)."""
         return RunRequest(self.cfg, on_epoch=lambda m: self.recorder.log_epoch(self.run_id, m))
 
-    def finish(self, student: TrainResult) -> float:
-        """Record the teacher trained beside ``student`` and return its final test accuracy."""
+    def finish(self, student: TrainResult) -> None:
+        """Record the teacher trained beside ``student``."""
         if student.co_teacher is None:
             raise RuntimeError("OnlineTeacherRun.finish() needs the result of a run trained with its request()")
         self.result = student.co_teacher
@@ -67,4 +67,3 @@ class OnlineTeacherRun:
         final = save_checkpoint(weights_payload(self.cfg, self.data.num_classes, self.result.scored_model),
                                 self.workdir / "models" / f"teacher-online-{self.key}.pt")
         self.recorder.finish(self.run_id, summary, final)
-        return summary["final_test_acc"]

@@ -10,19 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.trainer import EpochMetrics
 
 
 @dataclass(frozen=True)
 class FinishedRun:
     run_id: str
-    summary: dict[str, float]
+    summary: RunSummary
     checkpoint: Path | None  # local path to the final weights, when they could be fetched
 
 
 @dataclass
 class RunInfo:
-    role: str  # teacher | baseline | distilled
+    role: str  # teacher | baseline | distilled | confirm
     key: str  # config fingerprint (teacher, baseline) or trial id (distilled)
     params: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)
@@ -38,7 +39,7 @@ class Recorder(Protocol):
 
     def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None: ...
 
-    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None: ...
+    def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None: ...
 
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None: ...
 
@@ -60,7 +61,7 @@ class NullRecorder:
     def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
         pass
 
-    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None:
+    def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
         pass
 
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:

@@ -20,6 +20,8 @@ from kdsweep.core.trainer import resolve_device, train
 from kdsweep.errors import StudyError
 from kdsweep import stores
 from kdsweep.study import coordination, jobs, recovery, space, tables
+from kdsweep.core.split import hold_out
+from kdsweep.study.confirm import Confirmation, confirm
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective, StopStudy
 from kdsweep.study.recorder import Recorder
@@ -42,6 +44,7 @@ class StudyOutcome:
     best_trial: int | None = None
     teacher_acc: float | None = None
     packed: list[int] = field(default_factory=list)  # jobs > 1: how many runs each packed training held
+    confirmed: list[Confirmation] = field(default_factory=list)  # the confirmation stage's runs
 
 
 def make_sampler(spec: StudySpec, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -103,7 +106,7 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
     with stores.single_writer(spec.tracking_uri, field="tracking_uri"):
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
         teacher = get_teacher(spec, data, recorder, workdir, device)
-        recorder.end_study({"teacher_test_acc": teacher.test_acc})
+        recorder.end_study({"teacher_test_acc": teacher.summary.final_test_acc})
     cfg = space.teacher_config(spec, device)
     path = save_checkpoint(weights_payload(cfg, data.num_classes, teacher.model),
                            out or workdir / "teachers" / f"{spec.name}-{cfg.arch}-x{cfg.width}.pt")
@@ -111,13 +114,17 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
 
 
 def load_data(spec: StudySpec) -> ImageSet:
+    """The study's data, with its validation split held out of the training images (``data.val_split``)."""
     d = spec.data
-    return load_dataset(d.dataset, d.root, limit_per_file=d.limit_per_file, image_size=d.image_size)
+    data = load_dataset(d.dataset, d.root, limit_per_file=d.limit_per_file, image_size=d.image_size)
+    return hold_out(data, d.val_split, seed=d.split_seed)
 
 
 def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
-              heartbeat: int = HEARTBEAT_SECONDS, on_open: Callable[[int], None] | None = None) -> StudyOutcome:
-    """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones.
+              heartbeat: int = HEARTBEAT_SECONDS, on_open: Callable[[int], None] | None = None,
+              search: bool = True) -> StudyOutcome:
+    """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones, then the
+    confirmation stage (``spec.confirm``); ``search=False`` runs (or resumes) the confirmation only.
 
     Several processes may run this on one PostgreSQL study (see ``coordination``): together
     they finish ``spec.n_trials`` trials, and the teacher and baselines are trained once.
@@ -131,11 +138,11 @@ def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlru
     with stores.single_writer(spec.storage, field="storage"), \
             stores.single_writer(spec.tracking_uri, field="tracking_uri"):
         return _run_study(spec, data, device, recorder=recorder, workdir=workdir, heartbeat=heartbeat,
-                          on_open=on_open)
+                          on_open=on_open, search=search)
 
 
 def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Recorder, workdir: Path,
-               heartbeat: int, on_open: Callable[[int], None] | None) -> StudyOutcome:
+               heartbeat: int, on_open: Callable[[int], None] | None, search: bool = True) -> StudyOutcome:
     locks = coordination.locks_for(spec.storage)
     with locks.hold("open-storage"):  # workers starting together on an empty database: one creates the tables
         study = open_study(spec, heartbeat=heartbeat)
@@ -152,7 +159,7 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     teacher = None  # teacher.mode online: each trial trains its own (study/online.py)
     if spec.teacher.mode == "pretrained":
         teacher = get_teacher(spec, data, recorder, workdir, device, locks)
-        study.set_user_attr("teacher_test_acc", teacher.test_acc)
+        study.set_user_attr("teacher_test_acc", teacher.summary.final_test_acc)
 
     source = tables.teacher_source(spec, data, teacher.model, device=device, workdir=workdir,
                                    locks=locks) if teacher else None
@@ -169,15 +176,23 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
     try:
-        if pool is None:
+        if not search:
+            pass
+        elif pool is None:
             trial_loop(study)
         else:
             jobs.run_packed(pool, lambda: open_study(spec, heartbeat=heartbeat), trial_loop)
     except StopStudy as stop:  # e.g. the tracking server is gone: its trial is FAIL, retried on resume
         raise type(stop.error)(f"{stop.error}; the study stopped. Finished trials are kept; rerun the same "
                                "command to resume (the interrupted trial is retried)") from None
-    outcome = summarize(study, teacher.test_acc if teacher else None)
+    outcome = summarize(study, teacher.summary.final_test_acc if teacher else None)
     outcome.packed = list(pool.groups) if pool is not None else []
+    if spec.confirm is not None and outcome.complete > 0:
+        confirm_pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
+        with locks.hold(f"confirm:{spec.name}"):  # one worker confirms; the others find its finished runs
+            outcome.confirmed = confirm(spec, study, data, source=source, teacher=teacher, recorder=recorder,
+                                        workdir=workdir, device=device, locks=locks, pool=confirm_pool,
+                                        train_fn=confirm_pool.train if confirm_pool is not None else None)
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})
     if outcome.complete == 0 and outcome.failed > 0:

@@ -199,6 +199,10 @@ class DataSpec(Strict):
     root: Path = Path("data")
     limit_per_file: int | None = Field(default=None, ge=1)  # first N records of each official file
     image_size: int | None = Field(default=None, ge=8)  # image folders: resize + centre crop
+    # held out of the training images, stratified by class (core/split.py): a fraction in (0, 1) or a
+    # count of images; 0 only with selection: test. Fixed by the training data and split_seed.
+    val_split: Union[Annotated[int, Field(ge=0)], Annotated[float, Field(gt=0, lt=1)]] = 0.1
+    split_seed: int = 0
 
     @field_validator("dataset")
     @classmethod
@@ -276,6 +280,21 @@ class _StudentBase(Strict):
 StudentSpec = create_model("StudentSpec", __base__=_StudentBase, **_method_models("student", _fixed))
 
 
+class ConfirmSpec(Strict):
+    """After the search: the top ``top_k`` trials by validation, and their baselines, trained again on
+    ``seeds`` that the search never used; the report's headline numbers come from these runs."""
+
+    top_k: int = Field(default=3, ge=1, le=100)
+    seeds: list[int] = Field(default=[100, 101, 102, 103, 104], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds repeat")
+        return v
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seeds: list[int] = Field(default=[0], min_length=1)
@@ -287,7 +306,14 @@ class StudySpec(Strict):
     pruner: Literal["median", "hyperband", "none"] = "median"
     n_trials: int = Field(default=8, ge=1)
     timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
-    objective: Literal["test_acc", "delta_vs_baseline"] = "test_acc"
+    # what a trial is worth, on the selection split: val_acc (mean final validation accuracy over seeds),
+    # delta_vs_baseline (its gain over the matched baselines, on validation), or test_acc (selection: test only)
+    objective: Literal["val_acc", "delta_vs_baseline", "test_acc"] = "val_acc"
+    # val: every decision (objective, pruning, early stopping, confirmation) reads the validation split;
+    # test: there is none (data.val_split: 0) and decisions read the test split, which the report says
+    selection: Literal["val", "test"] = "val"
+    report_epoch: Literal["final", "best_val"] = "final"  # the epoch the report's headline numbers come from
+    confirm: ConfirmSpec | None = None  # retrain the best trials on fresh seeds after the search
     # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
     multi_objective: bool = False
     storage: str = DEFAULT_STORAGE  # Optuna storage URL
@@ -366,6 +392,30 @@ class StudySpec(Strict):
                 if name in self.teacher.recipe.model_fields_set and t != s:
                     raise ValueError(f"teacher.recipe.{name}={t!r}: an online teacher trains on the student's "
                                      f"batches, so it must equal student.recipe.{name}={s!r} (or be left out)")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_fits(self) -> "StudySpec":
+        val = self.data.val_split
+        if self.selection == "val" and val == 0:
+            raise ValueError("data.val_split=0 leaves no validation split to select on; hold some training images "
+                             "out (e.g. data.val_split: 0.1), or set selection: test to select on the test split")
+        if self.selection == "test" and val != 0:
+            raise ValueError(f"selection=test reads the test split, but data.val_split={val!r} holds a validation "
+                             "split out: use selection: val, or data.val_split: 0")
+        if self.objective == "test_acc" and self.selection != "test":
+            raise ValueError("objective=test_acc selects on the test split; use objective: val_acc (the validation "
+                             "split), or selection: test with data.val_split: 0")
+        if self.objective == "val_acc" and self.selection == "test":
+            raise ValueError("objective=val_acc with selection: test: there is no validation split; use test_acc")
+        if self.confirm is not None:
+            reused = sorted(set(self.confirm.seeds) & set(self.seeds))
+            if reused:
+                raise ValueError(f"confirm.seeds={self.confirm.seeds!r} repeat the search's seeds {reused}: "
+                                 "confirmation needs seeds the search never used")
+            if self.teacher.mode == "online":
+                raise ValueError("confirm: the confirmation stage needs teacher.mode: pretrained "
+                                 "(online pairs are confirmed by rerunning their trials on new seeds)")
         return self
 
     @model_validator(mode="after")

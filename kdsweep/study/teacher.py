@@ -18,6 +18,7 @@ from kdsweep.core.checkpoint import load_weights, save_checkpoint, weights_paylo
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet
 from kdsweep.core.models import count_params
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import TrainResult, evaluate_split, train
 from kdsweep.study.coordination import Locks, ProcessLocks
@@ -27,37 +28,47 @@ from kdsweep.study.recorder import Recorder, RunInfo
 @dataclass
 class Trained:
     model: nn.Module  # the weights the run is judged by (EMA when EMA was on)
-    summary: dict[str, float]
+    summary: RunSummary
     run_id: str
     reused: bool
 
     @property
-    def test_acc(self) -> float:
-        return self.summary["final_test_acc"]
+    def selected_acc(self) -> float:
+        """The final accuracy decisions compare against (validation; test under ``selection: test``)."""
+        return self.summary.selection().final_acc
+
+
+def data_params(data: ImageSet) -> dict[str, str]:
+    """What every run records of its data: the data set, its identity, and the validation split's identity."""
+    return {"data_identity": data.identity, "dataset": data.name, "val_split": data.val_digest[:16] or "none",
+            "val_images": 0 if data.val_y is None else len(data.val_y)}
 
 
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
            tags: dict[str, str], teacher: TeacherSource | None = None, locks: Locks = ProcessLocks(),
-           train_fn: Callable[..., TrainResult] = train) -> Trained:
+           train_fn: Callable[..., TrainResult] = train, params: dict | None = None,
+           finish: Callable[[RunSummary], RunSummary] | None = None) -> Trained:
     """Reuse the finished run with this config and data, or train (resuming) and record it.
 
     Under ``locks`` (one per role and key), so of several workers the first trains and the
-    others wait, then find its finished run.
+    others wait, then find its finished run. ``params`` are logged beside the config's; ``finish``
+    completes the summary before it is recorded (a confirmation run's comparison with its baseline).
     """
     key = cfg.fingerprint(data_identity=data.identity)
     with locks.hold(f"{role}:{key}"):
         return _obtain(role, key, cfg, data, recorder=recorder, workdir=workdir, tags=tags, teacher=teacher,
-                       train_fn=train_fn)
+                       train_fn=train_fn, params=params, finish=finish)
 
 
 def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
-            tags: dict[str, str], teacher: TeacherSource | None, train_fn: Callable[..., TrainResult]) -> Trained:
+            tags: dict[str, str], teacher: TeacherSource | None, train_fn: Callable[..., TrainResult],
+            params: dict | None, finish: Callable[[RunSummary], RunSummary] | None) -> Trained:
     found = recorder.find(role, key)
     if found is not None and found.checkpoint is not None:
         model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes)
-        return Trained(model.eval(), dict(found.summary), found.run_id, reused=True)
+        return Trained(model.eval(), found.summary, found.run_id, reused=True)
 
-    params = {**cfg.as_params(), "data_identity": data.identity, "dataset": data.name}
+    params = {**cfg.as_params(), **data_params(data), **(params or {})}
     run_id = recorder.start(RunInfo(role=role, key=key, params=params, tags=tags))
     try:
         result = train_fn(cfg, data, teacher=teacher, checkpoint_path=workdir / "progress" / f"{role}-{key}.pt",
@@ -68,6 +79,8 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
     final = save_checkpoint(weights_payload(cfg, data.num_classes, result.scored_model),
                             workdir / "models" / f"{role}-{key}.pt")
     summary = result.summary()
+    if finish is not None:
+        summary = finish(summary)
     recorder.finish(run_id, summary, final)
     return Trained(result.scored_model.eval(), summary, run_id, reused=False)
 
@@ -80,12 +93,12 @@ def from_checkpoint(path: Path, cfg: TrainConfig, data: ImageSet, *, recorder: R
     model = load_weights(path, cfg.arch, cfg.width, data.num_classes)
     found = recorder.find("teacher", key)
     if found is not None:
-        return Trained(model.eval(), dict(found.summary), found.run_id, reused=True)
-    train_acc, test_acc = evaluate_split(model, data, device=cfg.device)
-    summary = {"final_test_acc": test_acc, "final_train_acc": train_acc, "num_params": count_params(model),
-               "final_epoch": 0}
+        return Trained(model.eval(), found.summary, found.run_id, reused=True)
+    train_acc, test_acc, val_acc = evaluate_split(model, data, device=cfg.device)
+    summary = RunSummary(final_epoch=0, final_test_acc=test_acc, final_train_acc=train_acc,
+                         num_params=count_params(model), final_val_acc=val_acc)
     params = {"arch": cfg.arch, "width": cfg.width, "checkpoint": str(path), "checkpoint_sha256": digest,
-              "data_identity": data.identity, "dataset": data.name}
+              **data_params(data)}
     run_id = recorder.start(RunInfo(role="teacher", key=key, params=params, tags={**tags, "source": "checkpoint"}))
     recorder.finish(run_id, summary, Path(path))
     return Trained(model.eval(), summary, run_id, reused=False)

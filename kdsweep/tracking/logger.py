@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.trainer import EpochMetrics
 from kdsweep.errors import TrackingError
 from kdsweep.interrupts import held
@@ -141,6 +142,9 @@ class MlflowRecorder:
         spec = params.get("spec", {})
         flat = {"n_trials": spec.get("n_trials"), "sampler": spec.get("sampler"), "pruner": spec.get("pruner"),
                 "objective": spec.get("objective"), "seeds": spec.get("seeds"),
+                "selection": spec.get("selection", "val"), "report_epoch": spec.get("report_epoch", "final"),
+                "val_split": spec.get("data", {}).get("val_split"),
+                "confirm_seeds": (spec.get("confirm") or {}).get("seeds"),
                 "teacher_arch": spec.get("teacher", {}).get("arch"),
                 "student_arch": spec.get("student", {}).get("arch"),
                 "dataset": spec.get("data", {}).get("dataset"), "data_identity": params.get("data_identity")}
@@ -169,7 +173,8 @@ class MlflowRecorder:
         if not runs:
             return None
         run = runs[0]
-        return FinishedRun(run.info.run_id, dict(run.data.metrics), self._checkpoint(run.info.run_id))
+        return FinishedRun(run.info.run_id, RunSummary.from_metrics(dict(run.data.metrics)),
+                           self._checkpoint(run.info.run_id))
 
     def _checkpoint(self, run_id: str) -> Path | None:
         local = self.workdir / "downloads" / run_id
@@ -213,8 +218,8 @@ class MlflowRecorder:
     def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
         self._log_metrics(run_id, metrics.as_dict(), step=metrics.epoch)
 
-    def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None:
-        self._log_metrics(run_id, summary, step=int(summary.get("final_epoch", 0)))
+    def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
+        self._log_metrics(run_id, summary.as_metrics(), step=summary.final_epoch)
         if checkpoint is not None:
             self.client.log_artifact(run_id, str(checkpoint), artifact_path="checkpoint")
         self.client.set_terminated(run_id, "FINISHED")

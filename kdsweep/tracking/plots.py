@@ -77,6 +77,24 @@ def param_scatter(points: Sequence[tuple[dict[str, float], list[float]]], names:
     return to_png(fig)
 
 
+def forest_plot(rows: Sequence[tuple[str, object]], *, title: str) -> bytes | None:
+    """Each row's paired gain (points) with its 95% interval (bars); the dashed line is no gain."""
+    rows = [(label, g) for label, g in rows if g is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    for y, (_, g) in zip(ys, rows):
+        ax.errorbar([100 * g.mean], [y], xerr=[[100 * (g.mean - g.low)], [100 * (g.high - g.mean)]],
+                    fmt="o", capsize=3, color="C0" if g.distinguishable else "C7")
+    ax.axvline(0, color="k", ls="--", lw=1)
+    ax.set_yticks(ys, [label for label, _ in rows], fontsize=8)
+    ax.set(xlabel="gain over the matched baseline, % (95% CI)", title=title)
+    ax.grid(alpha=0.3, axis="x")
+    return to_png(fig)
+
+
 def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
     """Accuracy against student parameter count; ``points`` are (params, accuracy, on_front, label)."""
     if len({p for p, _, _, _ in points}) < 2:
@@ -93,7 +111,7 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
         labels.setdefault((p, a), []).append(label)
     for (p, a), names in labels.items():
         ax.annotate(", ".join(names), (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel="student parameters", ylabel="final test accuracy %", title="accuracy vs student size")
+    ax.set(xlabel="student parameters", ylabel="final validation accuracy % (what selected it)", title="accuracy vs student size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)

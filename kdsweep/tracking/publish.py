@@ -30,16 +30,17 @@ def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes],
         return {}, [PLOTS_MISSING]
     from kdsweep.tracking import plots
 
-    teacher, baseline, distilled = report.rows
+    teacher, baseline, distilled = report.rows[:3]
     candidates = {
         "accuracy_per_epoch": plots.epoch_curves(
-            {"teacher": teacher.curves, "baseline student": baseline.curves,
-             f"distilled student (trial {report.trials[0].trial})": distilled.curves},
+            {"teacher": teacher.curves, "baseline student": baseline.curves, distilled.label: distilled.curves},
             title=f"{report.study}: test accuracy per epoch"),
+        "gains_forest": plots.forest_plot([(r.label, r.gain) for r in report.rows if r.gain is not None and r.gain.n > 1],
+                                          title=f"{report.study}: gain over the matched baseline, 95% CI"),
         "loss_terms_best_trial": plots.epoch_curves(
             report.best_terms, title=f"{report.study}: loss terms of trial {report.trials[0].trial} "
                                      f"({report.trials[0].method}), per epoch", ylabel="loss term", scale=1.0),
-        "pareto_front": plots.pareto_plot([(t.num_params, mean(t.test_acc), t.on_front, f"trial {t.trial}")
+        "pareto_front": plots.pareto_plot([(t.num_params, t.selected_by, t.on_front, f"trial {t.trial}")
                                            for t in report.trials]),
     }
     for method in report.methods:  # accuracy against each param the trials of a method varied

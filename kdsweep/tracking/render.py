@@ -15,9 +15,10 @@ import math
 
 from kdsweep.tracking.report import Report, mean, std
 
-HEADER = ["Model", "Architecture", "Params", "Train acc %", "Test acc %", "Change %", "Epoch", "Note"]
-CHANGE_TEXT = ("Change: baseline vs teacher; distilled vs its matched baseline (same width, seed, epochs); "
-               "paired per seed.")
+HEADER = ["Model", "Architecture", "Params", "Train acc %", "Val acc %", "Test acc %", "Change %",
+          "Epoch: final | best by val (its test %)", "Search, same trial", "Note"]
+CHANGE_TEXT = ("Change: baseline vs teacher; distilled vs its matched baseline (same width, seed, epochs, recipe), "
+               "paired per seed, with the 95% t-interval of the mean gain in brackets.")
 
 
 def ms(xs: list[float], pct: bool = True) -> str:
@@ -34,30 +35,48 @@ def signed(xs: list[float]) -> str:
     return s if len(xs) == 1 else f"{s} +- {std(xs) * 100:.2f}"
 
 
+def gain_text(row) -> str:
+    """``+3.61 +- 0.41 [+2.59, +4.63]``: the paired gain, its spread over seeds and its 95% interval."""
+    g = row.gain
+    if g is None:
+        return signed(row.delta)
+    if g.n < 2:
+        return f"{100 * g.mean:+.2f}"
+    return f"{100 * g.mean:+.2f} +- {100 * g.std:.2f} [{100 * g.low:+.2f}, {100 * g.high:+.2f}]"
+
+
+def epochs_text(row) -> str:
+    if not row.best_epochs:
+        return str(row.epoch)
+    lo, hi = min(row.best_epochs), max(row.best_epochs)
+    best = str(lo) if lo == hi else f"{lo}-{hi}"
+    return f"{row.epoch} | {best} ({ms(row.best_test_acc)})"
+
+
 def table(report: Report) -> list[list[str]]:
-    return [[r.label, r.arch, f"{r.params:,}", ms(r.train_acc), ms(r.test_acc), signed(r.delta), str(r.epoch),
-             r.note] for r in report.rows]
+    return [[r.label, r.arch, f"{r.params:,}", ms(r.train_acc), ms(r.val_acc), ms(r.test_acc), gain_text(r),
+             epochs_text(r), r.search or "-", r.note] for r in report.rows]
 
 
 def trial_table(trials) -> tuple[list[str], list[list[str]]]:
     keys = sorted({k for t in trials for k in t.params})
-    header = ["trial", "method", *keys, "params", "test acc %", "vs baseline %", "seeds"]
+    header = ["trial", "method", *keys, "params", "val acc %", "test acc %", "vs baseline %", "seeds"]
     rows = [[t.trial, t.method, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in keys], f"{t.num_params:,}",
-             ms(t.test_acc), signed(t.delta), str(len(t.test_acc))] for t in trials]
+             ms(t.val_acc), ms(t.test_acc), signed(t.delta), str(len(t.test_acc))] for t in trials]
     return header, rows
 
 
-METHOD_HEADER = ["Method", "Best trial", "Test acc %", "vs baseline %", "Seeds", "Its params"]
+METHOD_HEADER = ["Method", "Best trial (by val)", "Val acc %", "Test acc %", "vs baseline %", "Seeds", "Its params"]
 
 
 def method_table(report: Report) -> list[list[str]]:
     """The baseline, then the best trial of each method the search drew (mean +- std over seeds)."""
     base = report.rows[1]
-    rows = [["baseline (ce)", "-", ms(base.test_acc), "-", str(len(base.test_acc)), "-"]]
+    rows = [["baseline (ce)", "-", ms(base.val_acc), ms(base.test_acc), "-", str(len(base.test_acc)), "-"]]
     for method in report.methods:
         t = report.best_of(method)
         own = ", ".join(f"{k}={v:.4g}" for k, v in sorted(t.params.items()) if k.startswith(f"{method}.") or "." not in k)
-        rows.append([method, t.trial, ms(t.test_acc), signed(t.delta), str(len(t.test_acc)), own])
+        rows.append([method, t.trial, ms(t.val_acc), ms(t.test_acc), signed(t.delta), str(len(t.test_acc)), own])
     return rows
 
 
@@ -67,12 +86,12 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(report: Report, figures: dict[str, bytes] | None = None) -> str:
-    parts = [f"# kdsweep report: {report.study}\n", md_table(HEADER, table(report)),
+    parts = [f"# kdsweep report: {report.study}\n", f"{report.headline}\n", md_table(HEADER, table(report)),
              f"{CHANGE_TEXT}\n{report.epoch_note}\n",
-             "## Best per method\n", md_table(METHOD_HEADER, method_table(report)),
+             "## Best per method (search, selected on validation)\n", md_table(METHOD_HEADER, method_table(report)),
              "## EMA vs no EMA (distilled runs)\n",
              md_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
-             "## Top trials\n", md_table(*trial_table(report.top))]
+             "## Top search trials (selected on validation)\n", md_table(*trial_table(report.top))]
     if report.pareto:
         parts += ["## Pareto front: accuracy vs student parameters\n", md_table(*trial_table(report.pareto))]
     return "\n".join(parts)
@@ -81,6 +100,7 @@ def render_markdown(report: Report, figures: dict[str, bytes] | None = None) -> 
 def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
     out = io.StringIO()
     w = csv.writer(out)
+    w.writerow([report.headline])
     w.writerow(HEADER)
     w.writerows(table(report))
     w.writerow([])
@@ -116,11 +136,13 @@ def _page(title: str, parts: list[str]) -> str:
 
 
 def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: list[str] | None = None) -> str:
-    parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", _html_table(HEADER, table(report)),
+    parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", f"<p><b>{html.escape(report.headline)}</b></p>",
+             _html_table(HEADER, table(report)),
              f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>",
-             "<h2>Best per method</h2>", _html_table(METHOD_HEADER, method_table(report)), "<h2>EMA vs no EMA</h2>",
+             "<h2>Best per method (search, selected on validation)</h2>", _html_table(METHOD_HEADER, method_table(report)),
+             "<h2>EMA vs no EMA</h2>",
              _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
-             "<h2>Top trials</h2>", _html_table(*trial_table(report.top))]
+             "<h2>Top search trials (selected on validation)</h2>", _html_table(*trial_table(report.top))]
     if report.pareto:
         parts += ["<h2>Pareto front: accuracy vs student parameters</h2>", _html_table(*trial_table(report.pareto))]
     return _page(f"kdsweep report: {report.study}", parts + _html_figures(figures, notes))
@@ -145,8 +167,8 @@ def compare_table(reports: list[Report]) -> tuple[list[str], list[list[str]]]:
     header = ["Model"] + [f"{r.study} test acc %" for r in reports]
     header += [f"{r.study} - {first.study} %" for r in reports[1:]] + ["Note"]
     rows = []
-    for i, row in enumerate(first.rows):
-        label = row.label.split(" (trial")[0]  # each study's best trial has its own number
+    for i, row in enumerate(first.rows[:3]):  # teacher, baseline, best distilled
+        label = row.label.split(" (trial")[0].split(", trial")[0]  # each study's best trial has its own number
         cells = [label] + [ms(r.rows[i].test_acc) for r in reports]
         notes = []
         for r in reports[1:]:

@@ -1,0 +1,88 @@
+"""The confirmation stage: the search's best trials trained again on seeds the search never saw.
+
+The best of N noisy trials beats its baseline even when distillation does nothing (the winner's
+curse): its value was chosen by the very numbers it reports. So after the search, the top
+``confirm.top_k`` trials *by validation* (their Optuna values), and their matched baselines
+(same width, seed, epochs, recipe), are retrained on ``confirm.seeds``. The report's headline
+numbers come from these runs (role ``confirm`` in MLflow, paired with role ``baseline`` runs of
+the same seeds), so the selection and the reported number are independent.
+
+Each run is obtained like a teacher or a baseline (``study.teacher.obtain``): a finished run is
+reused, a killed one resumes from its last epoch, and with ``jobs > 1`` the runs of a seed train
+packed in one loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from kdsweep.core.data import ImageSet
+from kdsweep.core.summary import RunSummary
+from kdsweep.core.teachers import TeacherSource
+from kdsweep.core.trainer import TrainResult
+from kdsweep.errors import StudyError
+from kdsweep.study import space
+from kdsweep.study.coordination import Locks
+from kdsweep.study.pool import TrainingPool
+from kdsweep.study.recorder import Recorder
+from kdsweep.study.spec import StudySpec
+from kdsweep.study.tables import describe_source
+from kdsweep.study.teacher import Trained, obtain
+
+
+def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` complete trials with the best value (validation), best first; ties keep the earlier trial."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "values" in t.user_attrs]
+    done.sort(key=lambda t: (-t.values[0], t.number))
+    return done[:k]
+
+
+@dataclasses.dataclass
+class Confirmation:
+    trial: int
+    seed: int
+    run_id: str
+    baseline_run_id: str
+
+
+def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: TeacherSource, teacher: Trained,
+            recorder: Recorder, workdir: Path, device: str, locks: Locks, pool: TrainingPool | None = None,
+            train_fn: Callable[..., TrainResult] | None = None) -> list[Confirmation]:
+    """Train (or reuse, or resume) every confirmation run of ``spec.confirm``; one entry per trial and seed."""
+    if spec.confirm is None:
+        return []
+    chosen = top_trials(study, spec.confirm.top_k)
+    if not chosen:
+        raise StudyError(f"study {spec.name!r}: no complete trial to confirm yet; run the search first")
+    kwargs = dict(recorder=recorder, workdir=workdir, locks=locks)
+    if train_fn is not None:
+        kwargs["train_fn"] = train_fn
+
+    def unit(trial: optuna.trial.FrozenTrial, seed: int) -> Confirmation:
+        values = trial.user_attrs["values"]
+        base_cfg = space.baseline_config(spec, width=values["width"], seed=seed, device=device)
+        base = obtain("baseline", base_cfg, data, tags={"study": spec.name, "stage": "confirm"}, **kwargs)
+        cfg = space.student_config(spec, values, seed=seed, device=device)
+        params = {"trial": trial.number, "baseline_run_id": base.run_id, "teacher_run_id": teacher.run_id,
+                  "teacher_logits": describe_source(source, cfg), "search_value": trial.values[0]}
+        tags = {"study": spec.name, "trial": str(trial.number), "seed": str(seed), "stage": "confirm"}
+
+        def compared(summary: RunSummary) -> RunSummary:
+            return dataclasses.replace(summary, selected_delta=summary.selection().final_acc - base.selected_acc)
+
+        run = obtain("confirm", cfg, data, tags=tags, teacher=source, params=params, finish=compared, **kwargs)
+        return Confirmation(trial.number, seed, run.run_id, base.run_id)
+
+    units = [lambda t=t, s=s: unit(t, s) for s in spec.confirm.seeds for t in chosen]
+    if pool is None:
+        return [u() for u in units]
+    results = pool.run(units)  # threads hand their trainings to the pool: the runs of a seed pack
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]
