@@ -24,15 +24,24 @@ def _rows(x) -> np.ndarray:
     return x.numpy().reshape(len(x), -1)  # [N, 3*32*32], channel-major like the official records
 
 
-def write_cifar10(root: Path, *, per_file: int = 40, n_test: int = 100, seed: int = 0) -> Path:
-    """``root/cifar-10-batches-py``: five training batches of ``per_file`` images, a test batch, meta."""
+def write_cifar10(root: Path, *, per_file: int = 40, n_test: int = 100, seed: int = 0,
+                  permute_test_labels: int | None = None) -> Path:
+    """``root/cifar-10-batches-py``: five training batches of ``per_file`` images, a test batch, meta.
+
+    ``permute_test_labels`` (a seed) shuffles the test labels: the same training data and images,
+    a test split whose answers are wrong.
+    """
     data = synthetic_imageset(n_train=5 * per_file, n_test=n_test, num_classes=10, seed=seed)
+    test_y = data.test_y
+    if permute_test_labels is not None:
+        rng = np.random.default_rng(permute_test_labels)
+        test_y = test_y[rng.permutation(len(test_y))]
     folder = root / "cifar-10-batches-py"
     for i in range(5):
         part = slice(i * per_file, (i + 1) * per_file)
         _dump(folder / f"data_batch_{i + 1}", {"data": _rows(data.train_x[part]),
                                                "labels": data.train_y[part].tolist()})
-    _dump(folder / "test_batch", {"data": _rows(data.test_x), "labels": data.test_y.tolist()})
+    _dump(folder / "test_batch", {"data": _rows(data.test_x), "labels": test_y.tolist()})
     _dump(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)]})
     return root
 
