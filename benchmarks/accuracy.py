@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdsweep.core.config import TrainConfig  # noqa: E402
+from kdsweep.core.config import TrainConfig, kd_fields  # noqa: E402
 from kdsweep.core.data import load_dataset  # noqa: E402
 from kdsweep.core.precision import teacher_bf16  # noqa: E402
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, table_for  # noqa: E402
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     teacher_run = train(TrainConfig(arch=args.teacher, width=args.teacher_width, epochs=args.teacher_epochs, seed=0,
                                     **recipe), data)
-    record({"arm": "teacher", "arch": args.teacher, "test_acc": teacher_run.final.score,
+    record({"arm": "teacher", "arch": args.teacher, "test_acc": teacher_run.final.test_score,
             "seconds": time.perf_counter() - t0})
     teacher_net = teacher_run.scored_model.eval()
 
@@ -81,25 +81,25 @@ def main(argv: list[str] | None = None) -> None:
         record({"arm": "table", "seconds": time.perf_counter() - t0, "shape": list(table.table.logits.shape)})
     plain_teacher = OnlineTeacher(teacher_net)
 
-    student = dict(arch="resnet20", width=args.width, epochs=args.epochs, temperature=args.temperature, **recipe)
+    student = dict(arch="resnet20", width=args.width, epochs=args.epochs, **recipe)
+    kd = kd_fields(args.alpha, args.temperature)
     arms = {
-        "baseline": lambda s: train(TrainConfig(alpha=0.0, seed=s, **student), data, accel=args.fast_accel),
-        "fast": lambda s: train(TrainConfig(alpha=args.alpha, seed=s, **student), data, teacher=table,
-                                accel=args.fast_accel),
-        "fast_online": lambda s: train(TrainConfig(alpha=args.alpha, seed=s, **student), data, teacher=folded,
+        "baseline": lambda s: train(TrainConfig(seed=s, **student), data, accel=args.fast_accel),
+        "fast": lambda s: train(TrainConfig(seed=s, **kd, **student), data, teacher=table, accel=args.fast_accel),
+        "fast_online": lambda s: train(TrainConfig(seed=s, **kd, **student), data, teacher=folded,
                                        accel=args.fast_accel),
         "teacher_plain": lambda s: train(TrainConfig(arch=args.teacher, width=args.teacher_width,
                                                      epochs=args.teacher_epochs, seed=s,
                                                      precision="fp32", channels_last=False, **recipe), data,
                                          accel="eager"),
-        "plain": lambda s: train(TrainConfig(alpha=args.alpha, seed=s, precision="fp32", channels_last=False,
-                                             **student), data, teacher=plain_teacher, accel="eager"),
+        "plain": lambda s: train(TrainConfig(seed=s, precision="fp32", channels_last=False, **kd, **student), data,
+                                 teacher=plain_teacher, accel="eager"),
     }
     for arm in args.arms.split(","):
         for s in seeds:
             t0 = time.perf_counter()
             result = arms[arm](s)
-            record({"arm": arm, "seed": s, "test_acc": result.final.score, "seconds": time.perf_counter() - t0,
+            record({"arm": arm, "seed": s, "test_acc": result.final.test_score, "seconds": time.perf_counter() - t0,
                     "cuda_graph": result.extras.get("cuda_graph")})
 
     print("\n| arm | test acc per seed | mean | std | seconds per run |")

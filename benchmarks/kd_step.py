@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdsweep.core.config import TrainConfig  # noqa: E402
+from kdsweep.core.config import TrainConfig, kd_fields  # noqa: E402
 from kdsweep.core.data import load_dataset, num_views, synthetic_imageset  # noqa: E402
 from kdsweep.core.losses import kd_loss  # noqa: E402
 from kdsweep.core.models import build_model  # noqa: E402
@@ -146,8 +146,9 @@ def bench_seed(args, data, teacher: torch.nn.Module, device: torch.device) -> di
 
 def student_cfg(args, device: torch.device, **kw) -> TrainConfig:
     base = dict(arch=args.student, width=args.student_width, epochs=args.epochs, batch_size=args.batch_size,
-                lr=0.1 * args.batch_size / 128, alpha=0.9, temperature=4.0, device=str(device))
-    return TrainConfig(**{**base, **kw})
+                lr=0.1 * args.batch_size / 128, device=str(device))
+    kd = kd_fields(kw.pop("alpha", 0.9), kw.pop("temperature", 4.0))
+    return TrainConfig(**{**base, **kd, **kw})
 
 
 def bench_trainer(args, data, source, device: torch.device, accel: str, label: str) -> dict:
@@ -227,7 +228,7 @@ def _one_trial(args, data, source, device: torch.device, i: int, epochs: int | N
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     with torch.cuda.stream(stream) if stream is not None else _null():
         result = train(cfg, data, teacher=source, accel=args.trial_accel)
-    return result.final.score
+    return result.final.test_score
 
 
 class _null:

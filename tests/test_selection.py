@@ -104,3 +104,23 @@ def test_decision_code_reads_no_test_metric():
     trainer = (root / "core/trainer.py").read_text()
     stop = trainer[trainer.index("if metrics.score > self.best"):][:200]
     assert "test" not in stop  # early stopping and the best epoch follow EpochMetrics.score (validation)
+
+
+def test_report_leads_with_confirmed_rows_and_their_intervals(twins):
+    work = twins[0]
+    proc = run_cli("report", "honest", "--tracking-uri", f"sqlite:///{work}/mlruns/mlflow.db", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[2].startswith("Trials selected on the validation split; the distilled rows are their confirmation")
+    confirmed = [line for line in lines if "confirmed" in line and line.startswith("| Distilled")]
+    assert len(confirmed) == 2 and "[best]" in confirmed[0]  # top_k 2, the first by validation
+    assert all("search: val" in line for line in confirmed)  # the same trial during the search, beside it
+    assert "## Top search trials (selected on validation)" in proc.stdout
+    # one confirmation seed: a gain but no interval, and the report says so instead of inventing one
+    assert all("one seed: no interval" in line for line in confirmed)
+    client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("honest")
+    for r in client.search_runs([exp.experiment_id], "tags.role != 'study'", max_results=1000):
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == list(
+            range(1, int(r.data.metrics["final_epoch"]) + 1)), r.data.tags["role"]  # every epoch, every run
+        assert r.data.params["val_split"] != "none"

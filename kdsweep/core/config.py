@@ -80,3 +80,10 @@ class TrainConfig:
         params = {k: v for k, v in self.as_params().items() if k not in ignore}
         blob = json.dumps({"config": params, "data": data_identity}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def kd_fields(alpha: float, temperature: float = 4.0) -> dict[str, object]:
+    """TrainConfig fields for Hinton's KD (method ``kd``); ``alpha`` 0 is plain cross-entropy (method ``ce``)."""
+    if alpha == 0:
+        return {"method": "ce", "method_params": {}}
+    return {"method": "kd", "method_params": {"alpha": alpha, "temperature": temperature}}

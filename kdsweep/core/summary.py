@@ -8,6 +8,7 @@ logs it as MLflow metrics (``as_metrics``) and reads it back (``from_metrics``) 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -35,6 +36,8 @@ class RunSummary:
     best_val_acc: float | None = None
     best_val_test_acc: float | None = None  # test accuracy at that epoch (report_epoch: best_val)
     selected_delta: float | None = None  # distilled runs: selection accuracy (validation) minus the baseline's
+    delta_vs_baseline: float | None = None  # distilled runs: final test accuracy minus the matched baseline's (reported)
+    delta_vs_teacher: float | None = None
     extra: dict[str, float] = field(default_factory=dict)  # anything else logged with it
 
     def as_metrics(self) -> dict[str, float]:
@@ -53,6 +56,14 @@ class RunSummary:
         values.setdefault("num_params", 0)
         values.setdefault("final_test_acc", math.nan)
         return cls(**values, extra={k: float(v) for k, v in metrics.items() if k not in known})
+
+    def compared_with(self, baseline: "RunSummary", teacher: "RunSummary | None" = None) -> "RunSummary":
+        """This run's summary with its differences to its matched baseline (and teacher): the selection
+        number's (for decisions) and the test accuracy's (logged for the report and the MLflow UI)."""
+        return dataclasses.replace(
+            self, selected_delta=self.selection().final_acc - baseline.selection().final_acc,
+            delta_vs_baseline=self.final_test_acc - baseline.final_test_acc,
+            delta_vs_teacher=None if teacher is None else self.final_test_acc - teacher.final_test_acc)
 
     def selection(self) -> Selected:
         """Validation numbers for decisions; the test split's only where the study has no validation split."""

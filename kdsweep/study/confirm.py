@@ -73,7 +73,7 @@ def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: Tea
         tags = {"study": spec.name, "trial": str(trial.number), "seed": str(seed), "stage": "confirm"}
 
         def compared(summary: RunSummary) -> RunSummary:
-            return dataclasses.replace(summary, selected_delta=summary.selection().final_acc - base.selected_acc)
+            return summary.compared_with(base.summary, teacher.summary)
 
         run = obtain("confirm", cfg, data, tags=tags, teacher=source, params=params, finish=compared, **kwargs)
         return Confirmation(trial.number, seed, run.run_id, base.run_id)

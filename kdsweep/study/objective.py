@@ -11,7 +11,6 @@ stored beside the value, so a gain can be read against the noise.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import statistics
@@ -190,10 +189,8 @@ class Objective:
             for rid in [run_id] + ([online.run_id] if online else []):
                 self.recorder.fail(rid, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
             raise
-        if online is not None:
-            online.finish(result)
-        summary = result.summary()
-        summary = dataclasses.replace(summary, selected_delta=summary.selection().final_acc - base.selected_acc)
+        teacher_summary = online.finish(result) if online is not None else self.teacher.summary
+        summary = result.summary().compared_with(base.summary, teacher_summary)
         final = save_checkpoint(weights_payload(cfg, self.data.num_classes, result.scored_model),
                                 self.workdir / "models" / f"distilled-{key}.pt")
         self.recorder.finish(run_id, summary, final)

@@ -16,6 +16,7 @@ from pathlib import Path
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.trainer import RunRequest, TrainResult
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
@@ -58,8 +59,8 @@ class OnlineTeacherRun:
         callback (which may prune)."""
         return RunRequest(self.cfg, on_epoch=lambda m: self.recorder.log_epoch(self.run_id, m))
 
-    def finish(self, student: TrainResult) -> None:
-        """Record the teacher trained beside ``student``."""
+    def finish(self, student: TrainResult) -> RunSummary:
+        """Record the teacher trained beside ``student``; its summary."""
         if student.co_teacher is None:
             raise RuntimeError("OnlineTeacherRun.finish() needs the result of a run trained with its request()")
         self.result = student.co_teacher
@@ -67,3 +68,4 @@ class OnlineTeacherRun:
         final = save_checkpoint(weights_payload(self.cfg, self.data.num_classes, self.result.scored_model),
                                 self.workdir / "models" / f"teacher-online-{self.key}.pt")
         self.recorder.finish(self.run_id, summary, final)
+        return summary
