@@ -23,6 +23,7 @@ class ProgressRecorder:
         )
         self.trials = self.progress.add_task("distilled runs", total=n_runs, info="")
         self.tasks: dict[str, int] = {}
+        self.roles: dict[str, str] = {}  # run id -> role: only distilled runs count on the trials bar
 
     def already_done(self, n_runs: int) -> None:
         """A resumed study: ``n_runs`` of the total finished in an earlier run."""
@@ -47,6 +48,7 @@ class ProgressRecorder:
         if "trial" in info.tags:
             label += f" trial {info.tags['trial']}"
         self.tasks[run_id] = self.progress.add_task(label, total=info.params.get("epochs"), info="")
+        self.roles[run_id] = info.role
         return run_id
 
     def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
@@ -65,8 +67,8 @@ class ProgressRecorder:
 
     def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
         self.inner.finish(run_id, summary, checkpoint)
-        distilled = summary.selected_delta is not None
-        if distilled:
+        distilled = self.roles.get(run_id) == "distilled"
+        if distilled and summary.selected_delta is not None:
             sel = summary.selection()
             self.progress.update(self.trials, info=f"last {sel.split} {sel.final_acc:.3f} "
                                                    f"({summary.selected_delta:+.3f} vs baseline)")
@@ -74,7 +76,7 @@ class ProgressRecorder:
 
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:
         self.inner.fail(run_id, reason, killed=killed)
-        self._close(run_id, distilled=True)
+        self._close(run_id, distilled=self.roles.get(run_id) == "distilled")
 
     def end_study(self, summary: dict[str, Any]) -> None:
         self.inner.end_study(summary)
