@@ -200,7 +200,9 @@ class StepRunner:
         self._reset(epoch)
 
     def step(self, batch, teacher_logits: torch.Tensor | None) -> torch.Tensor:
-        """One eager step on ``batch`` with the caller's ``teacher_logits`` (unused without KD); its logits, detached."""
+        """One eager step on ``batch`` with the caller's ``teacher_logits`` (unused without KD).
+
+        Returns this step's logits, detached (what a co-trained teacher hands its student)."""
         return self._update(batch, teacher_logits)
 
     # -- one epoch -----------------------------------------------------------------------------

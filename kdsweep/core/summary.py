@@ -36,7 +36,7 @@ class RunSummary:
     best_val_acc: float | None = None
     best_val_test_acc: float | None = None  # test accuracy at that epoch (report_epoch: best_val)
     selected_delta: float | None = None  # distilled runs: selection accuracy (validation) minus the baseline's
-    delta_vs_baseline: float | None = None  # distilled runs: final test accuracy minus the matched baseline's (reported)
+    delta_vs_baseline: float | None = None  # distilled runs: final test accuracy minus the matched baseline's
     delta_vs_teacher: float | None = None
     extra: dict[str, float] = field(default_factory=dict)  # anything else logged with it
 

@@ -207,10 +207,12 @@ class Run:
     """One run's state (model, optimizer, schedule, EMA, history), its epochs driven from outside.
 
     :func:`train` drives one run; ``kdsweep.core.packing.train_group`` drives several on the same
-    batches. ``loaders`` lets runs of one group share the training and test loaders.
+    batches. ``loaders`` (train, test, validation or None) lets runs of one group share the loaders.
+    A request with a ``co_teacher`` holds that teacher's run as ``co``: it steps inside this run's
+    steps, is evaluated and checkpointed with it, and stops when this run stops.
     """
 
-    def __init__(self, req: RunRequest, data: ImageSet, *, loaders: tuple[DeviceLoader, DeviceLoader, DeviceLoader | None] | None = None,
+    def __init__(self, req: RunRequest, data: ImageSet, *, loaders: tuple | None = None,
                  allow_graph: bool = True) -> None:
         cfg, teacher, model = req.cfg, req.teacher, req.model
         if cfg.distills and teacher is None and req.co_teacher is None:

@@ -95,7 +95,8 @@ class Guarded:
 
 
 class MlflowRecorder:
-    def __init__(self, tracking_uri: str, *, artifacts: str = DEFAULT_ARTIFACTS, workdir: Path = Path("mlruns")) -> None:
+    def __init__(self, tracking_uri: str, *, artifacts: str = DEFAULT_ARTIFACTS,
+                 workdir: Path = Path("mlruns")) -> None:
         quiet_mlflow_logs()
         check_reachable(tracking_uri)
         self.uri = tracking_uri

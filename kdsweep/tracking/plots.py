@@ -111,7 +111,8 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
         labels.setdefault((p, a), []).append(label)
     for (p, a), names in labels.items():
         ax.annotate(", ".join(names), (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel="student parameters", ylabel="final validation accuracy % (what selected it)", title="accuracy vs student size")
+    ax.set(xlabel="student parameters", ylabel="final validation accuracy % (what selected it)",
+           title="accuracy vs student size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)

@@ -35,7 +35,8 @@ def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes],
         "accuracy_per_epoch": plots.epoch_curves(
             {"teacher": teacher.curves, "baseline student": baseline.curves, distilled.label: distilled.curves},
             title=f"{report.study}: test accuracy per epoch"),
-        "gains_forest": plots.forest_plot([(r.label, r.gain) for r in report.rows if r.gain is not None and r.gain.n > 1],
+        "gains_forest": plots.forest_plot([(r.label, r.gain) for r in report.rows
+                                           if r.gain is not None and r.gain.n > 1],
                                           title=f"{report.study}: gain over the matched baseline, 95% CI"),
         "loss_terms_best_trial": plots.epoch_curves(
             report.best_terms, title=f"{report.study}: loss terms of trial {report.trials[0].trial} "

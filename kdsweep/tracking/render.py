@@ -75,7 +75,8 @@ def method_table(report: Report) -> list[list[str]]:
     rows = [["baseline (ce)", "-", ms(base.val_acc), ms(base.test_acc), "-", str(len(base.test_acc)), "-"]]
     for method in report.methods:
         t = report.best_of(method)
-        own = ", ".join(f"{k}={v:.4g}" for k, v in sorted(t.params.items()) if k.startswith(f"{method}.") or "." not in k)
+        own = ", ".join(f"{k}={v:.4g}" for k, v in sorted(t.params.items())
+                        if k.startswith(f"{method}.") or "." not in k)
         rows.append([method, t.trial, ms(t.val_acc), ms(t.test_acc), signed(t.delta), str(len(t.test_acc)), own])
     return rows
 
@@ -139,7 +140,8 @@ def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: 
     parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", f"<p><b>{html.escape(report.headline)}</b></p>",
              _html_table(HEADER, table(report)),
              f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>",
-             "<h2>Best per method (search, selected on validation)</h2>", _html_table(METHOD_HEADER, method_table(report)),
+             "<h2>Best per method (search, selected on validation)</h2>",
+             _html_table(METHOD_HEADER, method_table(report)),
              "<h2>EMA vs no EMA</h2>",
              _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
              "<h2>Top search trials (selected on validation)</h2>", _html_table(*trial_table(report.top))]

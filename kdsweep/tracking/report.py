@@ -67,7 +67,8 @@ class Report:
     epoch_note: str
     best_run_id: str  # the single best distilled run (best trial, best seed): what --register takes
     top_n: int = 5
-    best_terms: dict[str, list[list[tuple[int, float]]]] = field(default_factory=dict)  # loss_<term> per run, best trial
+    # each loss_<term> of the best trial's runs, per epoch
+    best_terms: dict[str, list[list[tuple[int, float]]]] = field(default_factory=dict)
     selection: str = "val"  # what the search selected on: val, or test (selection: test)
     confirmed: bool = False  # the distilled rows come from the confirmation stage
     report_epoch: str = "final"
