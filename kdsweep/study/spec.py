@@ -31,8 +31,8 @@ FLAG_FIELDS = {"data_root": ("data.root", "--data-root or $KDSWEEP_DATA_ROOT"), 
 
 # Bounds on what a spec can make kdsweep read, build or print: a real spec is a few kB and a few
 # hundred YAML nodes, so these refuse only the pathological (an alias bomb, a 100 MB string)
-MAX_SPEC_BYTES = 1_000_000
-MAX_YAML_NODES = 10_000  # values after alias expansion: `*a` counts every node under `&a` again
+MAX_SPEC_BYTES = 256 * 1024  # the pure-Python YAML reader takes up to ~0.5 s for this much
+MAX_YAML_NODES = 5_000  # values after alias expansion: `*a` counts every node under `&a` again
 MAX_YAML_DEPTH = 50
 MAX_INT = 2**63  # no field takes more, and Python refuses to print ints past 4,300 digits
 MAX_SHOWN = 200  # characters of a quoted value in a message
@@ -139,14 +139,21 @@ class _BoundedLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader (plain data, no tag that runs code) that refuses what would blow up.
 
     PyYAML shares the object an alias names, so nested aliases (the "billion laughs") cost nothing
-    to load but expand without bound wherever the value is walked or printed; this counts every
-    node as if each alias were a copy and stops past MAX_YAML_NODES, before anything is built.
+    to load but expand without bound wherever the value is walked or printed. This counts every
+    node as it is read, an alias as a copy of all it names, and stops at once past MAX_YAML_NODES.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._sizes: dict[int, int] = {}  # id(node) -> nodes under it, aliases expanded
         self._depth = 0
+        self._total = 0  # nodes so far, aliases expanded: the whole document's size when done
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._total += n
+        if self._total > MAX_YAML_NODES:
+            raise ComposerError(None, None, f"more than {MAX_YAML_NODES:,} values, each alias counted as a copy "
+                                "(a study spec has a few hundred)", mark)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -155,12 +162,15 @@ class _BoundedLoader(yaml.SafeLoader):
             if node is not None and id(node) not in self._sizes:  # super() reports an undefined one
                 raise ComposerError(None, None, f"alias *{cut(event.anchor, 60)} is inside the node it names",
                                     event.start_mark)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            self._count(self._sizes[id(node)], event.start_mark)
+            return node
         self._depth += 1
         try:
+            mark = self.peek_event().start_mark
             if self._depth > MAX_YAML_DEPTH:
-                raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
-                                    self.peek_event().start_mark)
+                raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            self._count(1, mark)
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -171,9 +181,6 @@ class _BoundedLoader(yaml.SafeLoader):
         else:
             size = 1
         self._sizes[id(node)] = size
-        if size > MAX_YAML_NODES:
-            raise ComposerError(None, None, f"aliases expand to more than {MAX_YAML_NODES:,} values "
-                                "(a study spec has a few hundred)", node.start_mark)
         return node
 
     def construct_yaml_int(self, node: Any) -> int:
@@ -189,7 +196,7 @@ class _BoundedLoader(yaml.SafeLoader):
     def construct_yaml_timestamp(self, node: Any) -> Any:
         try:
             return super().construct_yaml_timestamp(node)
-        except (ValueError, OverflowError) as exc:  # 2024-13-45 matches the pattern but is no date
+        except (ValueError, OverflowError, AttributeError) as exc:  # 2024-13-45; `!!timestamp x` does not match
             raise ConstructorError(None, None, f"{cut(node.value, 40)} is not a date: {exc}", node.start_mark) from None
 
 
@@ -205,7 +212,7 @@ def safe_load(text: str) -> Any:
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()
-    except (ValueError, OverflowError, RecursionError) as exc:  # a constructor's own check (a bad !!binary...)
+    except (ValueError, OverflowError, RecursionError, AttributeError, TypeError) as exc:  # a constructor's own
         raise yaml.YAMLError(f"{type(exc).__name__}: {exc}") from None
     finally:
         loader.dispose()
@@ -214,7 +221,8 @@ def safe_load(text: str) -> Any:
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """One line: where (line and column when known) and what."""
     if isinstance(exc, yaml.reader.ReaderError):  # a control character or a bad byte
-        return f" at character {exc.position}: {exc.reason} ({shown(chr(exc.character) if isinstance(exc.character, int) else exc.character, 20)})"
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f" at character {exc.position}: {exc.reason} ({shown(char, 20)})"
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     return f"{where}: {cut(getattr(exc, 'problem', None) or exc)}"
@@ -227,7 +235,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise SpecError([f"{path}: cannot read spec: {cut(exc.strerror or exc)}"]) from None
     if len(data) > MAX_SPEC_BYTES:
-        raise SpecError([f"{path}: spec is over {MAX_SPEC_BYTES:,} bytes (a study spec is a few kB)"])
+        raise SpecError([f"{path}: spec is over {MAX_SPEC_BYTES // 1024} kB (a study spec is a few kB)"])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
