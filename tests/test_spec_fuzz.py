@@ -3,8 +3,9 @@
 Each case must exit 0 or 2, print no traceback and at most 10 kB (no line over 1,000 characters),
 and take under 2 s and 500 MB. The bulk runs in-process through click's CliRunner (a fresh
 process spends ~4 s and ~600 MB importing torch alone on the CI machine); the nastiest cases also
-run as real processes. The generator is seeded: a failure names its case number, and
-KDSWEEP_FUZZ_CASES=20000 runs a longer search (the default keeps this file under a minute).
+run as real processes. The generator is seeded (KDSWEEP_FUZZ_SEED): a failure names its case
+number and keeps its file. The default, 1,000 cases (100 per spec), keeps this file under a
+minute; KDSWEEP_FUZZ_CASES=10000 gives each spec 1,000.
 """
 
 from __future__ import annotations

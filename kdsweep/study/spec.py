@@ -324,7 +324,7 @@ def _data_root_problem(source: str, raw: dict[str, Any], flags: dict[str, str]) 
         return f"{source}: data.root={shown(str(root))}{origin}: cannot be read: {cut(exc.strerror or exc, 100)}"
     hint = ""
     if isinstance(dataset, str) and len(dataset) + len(str(root)) < MAX_SHOWN:
-        hint = f" (download with: kdsweep data download {dataset} --root {root})"
+        hint = cut(f" (download with: kdsweep data download {dataset} --root {root})")
     return f"{source}: data.root={shown(str(root))}{origin}: folder does not exist{hint}"
 
 
