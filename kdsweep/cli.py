@@ -82,7 +82,9 @@ def study_validate(spec_path: Path, **flags) -> None:
         spec = _load(spec_path, **flags)
     except KdsweepError as exc:
         raise fail(exc) from None
-    click.echo(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip())
+    from kdsweep.study.spec import mask_url
+
+    click.echo(mask_url(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip()))  # no password shown
     click.echo(f"# {spec_path}: valid")
 
 

@@ -22,6 +22,9 @@ from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_
 
 STORAGE_SCHEMES = {"sqlite", "postgresql"}  # what kdsweep runs studies on (see study/coordination.py)
 TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "databricks"}
+# lengths past any real spec's, so that `kdsweep study validate` of a valid spec prints a few kB at most
+MAX_ITEMS = 64  # seeds, choices
+MAX_TEXT = 1000  # URLs and paths
 
 
 class Strict(BaseModel):
@@ -52,7 +55,7 @@ class Range(Strict):
 class Choices(Strict):
     """A list of values to pick from: numbers, or names (``method: {choices: [kd, dkd]}``)."""
 
-    choices: list[Union[float, str]] = Field(min_length=1)
+    choices: list[Union[float, str]] = Field(min_length=1, max_length=MAX_ITEMS)
 
     def values(self) -> list[float | str]:
         return list(self.choices)
@@ -245,7 +248,11 @@ class TeacherSpec(Strict):
     @field_validator("checkpoint")
     @classmethod
     def _exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
+        try:
+            found = v is None or v.is_file()
+        except OSError as exc:  # a name too long, a folder we may not read
+            raise ValueError(f"checkpoint file cannot be read: {exc.strerror or exc}") from None
+        if not found:
             raise ValueError("checkpoint file does not exist")
         return v
 
@@ -297,7 +304,7 @@ class ConfirmSpec(Strict):
 
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
     data: DataSpec = DataSpec()
     teacher: TeacherSpec
     student: StudentSpec
@@ -316,9 +323,9 @@ class StudySpec(Strict):
     confirm: ConfirmSpec | None = None  # retrain the best trials on fresh seeds after the search
     # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
     multi_objective: bool = False
-    storage: str = DEFAULT_STORAGE  # Optuna storage URL
-    tracking_uri: str = DEFAULT_TRACKING_URI  # MLflow tracking URI
-    artifacts: str = DEFAULT_ARTIFACTS  # artifact root for new MLflow experiments (local stores)
+    storage: str = Field(default=DEFAULT_STORAGE, max_length=MAX_TEXT)  # Optuna storage URL
+    tracking_uri: str = Field(default=DEFAULT_TRACKING_URI, max_length=MAX_TEXT)  # MLflow tracking URI
+    artifacts: str = Field(default=DEFAULT_ARTIFACTS, max_length=MAX_TEXT)  # artifact root for new MLflow experiments
     device: str = "auto"
     # teacher logits of every augmented view computed once and looked up by the trials (study/tables.py);
     # auto: on when that takes fewer teacher forwards than running the teacher in every trial
