@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kdsweep.errors import TrackingError
 from kdsweep.tracking import render
-from kdsweep.tracking.report import Report, client_for, load_optuna_study, load_report, mean
+from kdsweep.tracking.report import Report, client_for, load_optuna_study, load_report
 
 PLOTS_MISSING = "plots need matplotlib: pip install 'kdsweep[plots]'"
 
