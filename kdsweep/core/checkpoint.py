@@ -67,7 +67,10 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         _check_crc(path)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load (not plain weights): {_unpickler_reason(exc)}") from exc
+        reason = _unpickler_reason(exc)
+        if "Unsupported global" in reason:  # a class or function inside: would run code under weights_only=False
+            raise CheckpointError(f"{path}: refused to load (not plain weights): {reason}") from exc
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({reason})") from exc
     except Exception as exc:  # noqa: BLE001 - random bytes make the legacy unpickler raise anything
         # (IndexError, KeyError, UnicodeDecodeError, EOFError, RuntimeError...): all mean a damaged file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""

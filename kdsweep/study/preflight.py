@@ -137,19 +137,22 @@ def model_problems(spec: StudySpec, data: ImageSet) -> list[str]:
     """Every model builds at its widths, and takes the data's images."""
     problems = []
     size = tuple(data.train_x.shape[-2:])
-    roles = [("teacher", spec.teacher.arch, spec.teacher.width, [("teacher.width", spec.teacher.width)]),
-             ("student", spec.student.arch, spec.student.width, _student_widths(spec))]
-    for role, arch, width, widths in roles:
+    roles = [("teacher", spec.teacher.arch, [("teacher.width", spec.teacher.width)]),
+             ("student", spec.student.arch, _student_widths(spec))]
+    for role, arch, widths in roles:
+        model = None
         for field, w in widths:
             try:
-                build_model(arch, num_classes=data.num_classes, width=w)
+                built = build_model(arch, num_classes=data.num_classes, width=w)
             except ValueError as exc:
                 problems.append(f"{field}={w!r}: {exc}")
+                continue
+            model = model or built
+        if model is None:
+            continue
         try:
             with torch.no_grad():  # one image on the CPU: milliseconds (the meta device takes seconds to set up)
-                build_model(arch, num_classes=data.num_classes, width=width).eval()(torch.zeros(1, 3, *size))
-        except ValueError:
-            pass  # a width problem, named above
+                model.eval()(torch.zeros(1, 3, *size))
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0][:200]
             problems.append(f"{role}.arch={arch!r}: does not take the data's {size[0]}x{size[1]} images ({first}); "

@@ -111,7 +111,7 @@ def _sqlite_problem(url: str) -> str | None:
         except OSError as exc:
             return f"cannot read {path} ({exc.strerror or exc})"
         if start and start != b"SQLite format 3\x00":
-            return f"{path} is not a SQLite database (it starts with {start[:8]!r})"
+            return f"{path} is not a SQLite database"
         if not os.access(path, os.W_OK):
             return f"{path} is read-only"
         return None
@@ -231,20 +231,21 @@ def _http_problem(url: str, deadline: float, auth: HttpAuth) -> str | None:
     base = url.rstrip("/")
     context = auth.ssl_context() if base.startswith("https://") else None
     try:
-        health = _get(base + "/health", deadline, {}, context)
-        if health != 200:
-            return (f"the server answered {health} on /health: not an MLflow tracking server, "
-                    "or a proxy in front of it refuses this client")
-        api = _get(base + API_PROBE, deadline, auth.headers(), context)
+        for path, headers in (("/health", {}), (API_PROBE, auth.headers())):
+            code = _get(base + path, deadline, headers, context)
+            if code != 200:
+                return _refusal(code, path.split("?")[0], bool(auth.headers()))
     except _NoAnswer as exc:
         return f"MLflow server not reachable ({exc})"
-    if api == 200:
-        return None
-    if api == 401:
-        given = "the login given was refused" if auth.headers() else "the server needs a login"
-        return (f"401 Unauthorized: {given} (MLflow's client sends MLFLOW_TRACKING_USERNAME and "
+    return None
+
+
+def _refusal(code: int, path: str, logged_in: bool) -> str:
+    if code == 401:
+        given = "the login given was refused" if logged_in else "the server needs a login"
+        return (f"401 Unauthorized on {path}: {given} (MLflow's client sends MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)")
-    if api == 403:
-        return ("403 Forbidden: this user may not read experiments, or the server's --allowed-hosts "
-                "does not list the host in this URI")
-    return f"the server answered {api} on the MLflow REST API ({API_PROBE.split('?')[0]}): not an MLflow server?"
+    if code == 403:
+        return (f"403 Forbidden on {path}: the server's --allowed-hosts does not list the host in this URI, "
+                "or this user may not read experiments")
+    return f"the server answered {code} on {path}: not an MLflow tracking server?"
