@@ -27,7 +27,7 @@ from kdsweep.cli import main
 from kdsweep.core.checkpoint import save_checkpoint
 from kdsweep.core.models import build_model
 from kdsweep.study.preflight import preflight
-from kdsweep.study.probes import HttpAuth, store_problems
+from kdsweep.study.probes import HttpAuth, masked, store_problems
 from kdsweep.study.spec import load_spec
 from kdsweep.tracking.server import healthy
 
@@ -168,6 +168,22 @@ def test_sqlite_store_that_cannot_be_used(workdir, subset_root, url, expected):
     assert result.exit_code == 2
     assert lines == [f"{spec}: storage='{url}': {expected}"]
     assert created(workdir) == []
+
+
+def test_one_database_for_both_stores_is_refused(workdir, subset_root, postgres_url):
+    spec = write_spec(workdir / "spec.yaml", subset_root)
+    result, lines = invoke("study", "run", str(spec), "--storage", postgres_url, "--tracking-uri", postgres_url)
+    assert result.exit_code == 2
+    assert lines == [f"{spec}: storage and tracking_uri are the same database ('{masked(postgres_url)}'); Optuna "
+                     "and MLflow each need their own (both keep an alembic_version table)"]
+    assert tables(postgres_url) == [] and created(workdir) == []
+
+    # a worker told to log to a database (not a server) sees the URL masked too
+    result, lines = invoke("study", "worker", str(spec), "--storage", postgres_url, "--tracking-uri",
+                           postgres_url.replace("/kdsweep_test", "/other_kdsweep_test"))
+    assert result.exit_code == 2 and make_url(postgres_url).password not in result.output
+    assert any(line.startswith(f"{spec}: tracking_uri='postgresql://postgres:***@") and "workers log through an "
+               "MLflow server" in line for line in lines), lines
 
 
 def test_mlflow_basic_auth_refusals_are_named(workdir, tmp_path, monkeypatch):

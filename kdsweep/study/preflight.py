@@ -153,10 +153,14 @@ def model_problems(spec: StudySpec, data: ImageSet) -> list[str]:
         try:
             with torch.no_grad():  # one image on the CPU: milliseconds (the meta device takes seconds to set up)
                 model.eval()(torch.zeros(1, 3, *size))
-        except RuntimeError as exc:
+        except torch.OutOfMemoryError:
+            pass
+        except RuntimeError as exc:  # torch's shape errors: a pool or conv left with no pixels
             first = str(exc).strip().splitlines()[0][:200]
             problems.append(f"{role}.arch={arch!r}: does not take the data's {size[0]}x{size[1]} images ({first}); "
                             "use larger images (data.image_size) or another model")
+        except Exception:  # noqa: BLE001 - a model bug, not a size: its trials fail and record the reason
+            pass
     return problems
 
 
