@@ -254,9 +254,8 @@ def server() -> None:
 @click.option("--allowed-hosts", help="Host headers to accept when reached by name, e.g. mlflow.lab:5000.")
 def server_start(**opts) -> None:
     """Run a real `mlflow server` in the foreground; prints the UI URL once it answers."""
-    from kdsweep.tracking.server import ServerOptions, log_tail, serve
-
     from kdsweep.study.probes import store_problems
+    from kdsweep.tracking.server import ServerOptions, log_tail, serve
 
     options = ServerOptions(**opts)
     if options.backend_store_uri.startswith(("postgresql", "sqlite")):  # log in before the server starts

@@ -50,9 +50,8 @@ def preflight(spec: StudySpec, *, source: str, stores: Iterable[str] = ("storage
     if data is not None:
         found += [f"{source}: {line}" for line in data_problems(spec, data) + model_problems(spec, data)]
     found += [f"{source}: {line}" for line in checkpoint_problems(spec, data.num_classes if data else None)]
-    if found:
+    if found or data is None:  # a failed load is one of the lines found
         raise SpecError(found)
-    assert data is not None  # a failed load is in ``found``
     return data
 
 
