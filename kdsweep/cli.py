@@ -71,6 +71,23 @@ def _load(spec_path: Path, **flags):
     return load_spec(spec_path, spec_overrides(**flags))
 
 
+def http_auth():
+    """The login MLflow's client sends to a tracking server, from MLflow's own variables."""
+    from kdsweep.study.probes import HttpAuth
+
+    env = os.environ
+    return HttpAuth(username=env.get("MLFLOW_TRACKING_USERNAME"), password=env.get("MLFLOW_TRACKING_PASSWORD"),
+                    token=env.get("MLFLOW_TRACKING_TOKEN"), cert_path=env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"),
+                    insecure_tls=env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"))
+
+
+def _preflight(spec_path: Path, spec, *, stores=("storage", "tracking_uri"), problems=()):
+    """Data, stores, checkpoint and recipe checked before anything is made; returns the loaded data."""
+    from kdsweep.study.preflight import preflight
+
+    return preflight(spec, source=str(spec_path), stores=stores, http_auth=http_auth(), problems=problems)
+
+
 @study.command("validate")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @override_options
@@ -118,11 +135,9 @@ def study_worker(spec_path: Path, heartbeat: int, **flags) -> None:
         spec = _load(spec_path, **flags)
     except KdsweepError as exc:
         raise fail(exc) from None
-    problems = [p for p in (shared_store_problem("storage", spec.storage),
-                            shared_store_problem("tracking_uri", spec.tracking_uri)) if p]
-    if problems:
-        raise UserError("\n".join(f"{spec_path}: {p}" for p in problems))
-    _run(spec_path, flags, heartbeat=heartbeat)
+    problems = [f"{spec_path}: {p}" for p in (shared_store_problem("storage", spec.storage),
+                                              shared_store_problem("tracking_uri", spec.tracking_uri)) if p]
+    _run(spec_path, flags, heartbeat=heartbeat, problems=problems)  # reported with the preflight's
 
 
 def resume_command(spec_path: Path, flags: dict, heartbeat: int | None) -> str:
@@ -143,7 +158,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # `kill` (SIGTERM, as batch schedulers send) stops a study as Ctrl-C does
 
 
-def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: bool = True) -> None:
+def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: bool = True, problems=()) -> None:
     import signal
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -151,6 +166,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
         spec = _load(spec_path, **flags)
         if not search and spec.confirm is None:
             raise SpecError([f"{spec_path}: confirm is not set: add confirm: {{top_k: 3, seeds: [100, 101, 102]}}"])
+        data = _preflight(spec_path, spec, problems=problems)  # before any store, folder or run exists
         from kdsweep.progress import ProgressRecorder
         from kdsweep.study.runner import run_study
         from kdsweep.tracking.logger import MlflowRecorder
@@ -158,7 +174,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
         recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
         extra = {} if heartbeat is None else {"heartbeat": heartbeat}
         with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
-            outcome = run_study(spec, recorder=progress, search=search,
+            outcome = run_study(spec, recorder=progress, search=search, data=data,
                                 on_open=lambda done: progress.already_done(done * len(spec.seeds)), **extra)
     except KdsweepError as exc:
         raise fail(exc) from None
@@ -223,11 +239,12 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     """
     try:
         spec = _load(spec_path, **flags)
+        data = _preflight(spec_path, spec, stores=("tracking_uri",))  # the teacher needs no Optuna study
         from kdsweep.study.runner import train_teacher
         from kdsweep.tracking.logger import MlflowRecorder
 
         recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
-        trained, path = train_teacher(spec, recorder=recorder, out=out)
+        trained, path = train_teacher(spec, recorder=recorder, out=out, data=data)
     except KdsweepError as exc:
         raise fail(exc) from None
     how = "reused" if trained.reused else "trained"
@@ -254,9 +271,14 @@ def server() -> None:
 @click.option("--allowed-hosts", help="Host headers to accept when reached by name, e.g. mlflow.lab:5000.")
 def server_start(**opts) -> None:
     """Run a real `mlflow server` in the foreground; prints the UI URL once it answers."""
+    from kdsweep.study.probes import store_problems
     from kdsweep.tracking.server import ServerOptions, log_tail, serve
 
     options = ServerOptions(**opts)
+    if options.backend_store_uri.startswith(("postgresql", "sqlite")):  # log in before the server starts
+        problems = store_problems("--backend-store-uri", options.backend_store_uri)
+        if problems:
+            raise UserError("\n".join(problems))
     try:
         code = serve(options, announce=click.echo)
     except KdsweepError as exc:

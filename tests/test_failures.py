@@ -144,7 +144,7 @@ def test_unreachable_server_as_a_real_process(tmp_path, subset_root):
     uri = f"http://127.0.0.1:{free_port()}"
     done = run_cli("study", "run", "spec.yaml", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert f"Error: tracking_uri='{uri}': MLflow server not reachable" in done.stderr
+    assert f"Error: spec.yaml: tracking_uri='{uri}': MLflow server not reachable" in done.stderr
     assert not (tmp_path / "mlruns").exists()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from kdsweep.core.summary import RunSummary
 from kdsweep.core.trainer import EpochMetrics
 from kdsweep.errors import TrackingError
 from kdsweep.study.recorder import RunInfo
@@ -32,10 +33,10 @@ def test_finished_run_is_found_with_its_checkpoint(recorder, tmp_path):
     recorder.log_epoch(run_id, epoch(2, 0.5))
     ckpt = tmp_path / "teacher-k1.pt"
     torch.save({"state_dict": {"w": torch.ones(2)}}, ckpt)
-    recorder.finish(run_id, {"final_test_acc": 0.5, "final_epoch": 2}, ckpt)
+    recorder.finish(run_id, RunSummary(final_epoch=2, final_test_acc=0.5, final_train_acc=0.6, num_params=10), ckpt)
 
     found = recorder.find("teacher", "k1")
-    assert found.run_id == run_id and found.summary["final_test_acc"] == 0.5
+    assert found.run_id == run_id and found.summary.final_test_acc == 0.5 and found.summary.final_epoch == 2
     assert torch.load(found.checkpoint, weights_only=True)["state_dict"]["w"].sum() == 2
     assert recorder.find("teacher", "other-key") is None
     assert recorder.find("baseline", "k1") is None

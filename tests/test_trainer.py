@@ -40,7 +40,7 @@ def test_ema_weights_differ_from_raw_and_are_both_evaluated(data):
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)
     assert all(m.test_acc_ema is not None for m in result.history)
     s = result.summary()
-    assert s["final_test_acc"] == s["final_test_acc_ema"]  # the scored weights are the EMA ones
+    assert s.final_test_acc == s.final_test_acc_ema  # the scored weights are the EMA ones
 
 
 def test_no_ema_records_no_ema_metric(data):

@@ -50,6 +50,15 @@ def _check_crc(path: Path) -> None:
         raise CheckpointError(f"{path}: corrupted checkpoint (CRC mismatch in record {bad!r})")
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The one line of torch's weights_only refusal that says why (the rest is advice on unsafe loading)."""
+    text = str(exc)
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (rest if found else text).splitlines() if ln.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    return reason.split(" Please use ", 1)[0][:200]
+
+
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> Any:
     """Load with ``weights_only=True``; a truncated, corrupted or code-carrying file is refused."""
     path = Path(path)
@@ -59,12 +68,15 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         _check_crc(path)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load (not plain weights): {first}") from exc
+        reason = _unpickler_reason(exc)
+        if "Unsupported global" in reason:  # a class or function inside: would run code under weights_only=False
+            raise CheckpointError(f"{path}: refused to load (not plain weights): {reason}") from exc
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({reason})") from exc
     except Exception as exc:  # noqa: BLE001 - random bytes make the legacy unpickler raise anything
         # (IndexError, KeyError, UnicodeDecodeError, EOFError, RuntimeError...): all mean a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({first})") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint "
+                              f"({type(exc).__name__}{': ' + first if first else ''})") from exc
 
 
 def weights_payload(cfg, num_classes: int, model: nn.Module) -> dict[str, Any]:

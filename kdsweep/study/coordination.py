@@ -100,13 +100,15 @@ def locks_for(url: str) -> Locks:
 
 
 def shared_store_problem(field: str, url: str) -> str | None:
-    """Why ``url`` cannot be shared by several workers, or None when it can."""
-    scheme = url_scheme(url)
+    """Why ``url`` cannot be shared by several workers, or None when it can (the password masked)."""
+    from kdsweep.study.probes import masked
+
+    scheme, shown = url_scheme(url), masked(url)
     if field == "storage" and scheme != "postgresql":
-        return (f"storage={url!r}: workers share a study through PostgreSQL; SQLite takes one writer "
+        return (f"storage={shown!r}: workers share a study through PostgreSQL; SQLite takes one writer "
                 "at a time. Pass --storage postgresql://USER:PASSWORD@HOST:5432/optuna")
     if field == "tracking_uri" and scheme not in ("http", "https"):
-        return (f"tracking_uri={url!r}: workers log through an MLflow server (kdsweep server start "
+        return (f"tracking_uri={shown!r}: workers log through an MLflow server (kdsweep server start "
                 "--backend-store-uri postgresql://.../mlflow). Pass --tracking-uri http://HOST:5000")
     return None
 

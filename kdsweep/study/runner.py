@@ -93,7 +93,7 @@ def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Pa
 
 
 def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
-                  out: Path | None = None) -> tuple[Trained, Path]:
+                  out: Path | None = None, data: ImageSet | None = None) -> tuple[Trained, Path]:
     """Train (or reuse) the study's teacher alone, the seed projects' ``--mode teacher``.
 
     Recorded as ``run_study`` records it, so a later ``study run`` of the same spec reuses it;
@@ -102,7 +102,7 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
     if spec.teacher.mode == "online":
         raise StudyError("teacher.mode='online': an online teacher is trained with each student, never alone")
     device = str(resolve_device(spec.device))
-    data = load_data(spec)
+    data = load_data(spec) if data is None else data
     with stores.single_writer(spec.tracking_uri, field="tracking_uri"):
         recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
         teacher = get_teacher(spec, data, recorder, workdir, device)
@@ -122,19 +122,20 @@ def load_data(spec: StudySpec) -> ImageSet:
 
 def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
               heartbeat: int = HEARTBEAT_SECONDS, on_open: Callable[[int], None] | None = None,
-              search: bool = True) -> StudyOutcome:
+              search: bool = True, data: ImageSet | None = None) -> StudyOutcome:
     """Train the teacher, then trials until the study holds ``spec.n_trials`` finished ones, then the
     confirmation stage (``spec.confirm``); ``search=False`` runs (or resumes) the confirmation only.
 
     Several processes may run this on one PostgreSQL study (see ``coordination``): together
     they finish ``spec.n_trials`` trials, and the teacher and baselines are trained once.
     ``on_open`` is told how many trials the study already held finished (a resumed study),
-    before any training; the CLI's progress bar starts from there.
+    before any training; the CLI's progress bar starts from there. ``data``: the data set already
+    loaded (the CLI's preflight loads it once), else read here.
     """
     # device and data first: a missing GPU or a folder without the data set must stop the study
     # before any store, file or run exists
     device = str(resolve_device(spec.device))
-    data = load_data(spec)
+    data = load_data(spec) if data is None else data
     with stores.single_writer(spec.storage, field="storage"), \
             stores.single_writer(spec.tracking_uri, field="tracking_uri"):
         return _run_study(spec, data, device, recorder=recorder, workdir=workdir, heartbeat=heartbeat,
