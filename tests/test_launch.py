@@ -204,3 +204,17 @@ def test_k8s_container_command_runs_outside_a_container_against_postgres(tmp_pat
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     trials = optuna.load_study(study_name="pod", storage=optuna_url).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE]
+
+
+def test_worker_image_runs_the_command_the_job_gives():
+    from conftest import REPO
+
+    lines = [line.strip() for line in (REPO / "docker" / "worker.Dockerfile").read_text().splitlines()]
+    base = next(line for line in lines if line.startswith("ARG BASE="))
+    assert base.startswith("ARG BASE=pytorch/pytorch:") and "cuda" in base  # FROM a CUDA PyTorch base
+    assert "FROM ${BASE}" in lines and "WORKDIR /work" in lines
+    job = k8s.indexed_job(k8s.K8sJob(study="lab", workers=1, image="img", spec_text="", args=[]))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    # the image installs the `kdsweep` entry point, and the Job's command and folder are the image's
+    assert container["command"][:3] == ["kdsweep", "study", "worker"] and container["workingDir"] == "/work"
+    assert 'CMD ["kdsweep", "study", "worker", "--help"]' in lines and any("pip install" in line for line in lines)
