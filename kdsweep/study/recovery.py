@@ -115,6 +115,15 @@ def recover(study: optuna.Study, recorder: Recorder) -> list[int]:
         worker = dead_owner(trial)
         if worker is not None:
             fail_dead(study, trial, worker, recorder)
+    return retry_interrupted(study)
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Retry the interrupted trials not retried yet; returns their numbers.
+
+    The trial loop calls it too (under the claim lock), so a worker that goes on runs the trial
+    a preempted or requeued worker left, from its checkpoint, instead of a new one in its place.
+    """
     trials = study.get_trials(deepcopy=False)
     done = retried(trials)
     return [t.number for t in trials

@@ -1,0 +1,144 @@
+"""How many trial starts per minute one PostgreSQL study sustains: the ceiling of the coordination.
+
+    python benchmarks/coordination_ceiling.py                       # $KDSWEEP_TEST_POSTGRES, loopback
+    python benchmarks/coordination_ceiling.py --procs 1 2 4 8 --prefill 0 2000 --seconds 20
+
+Every process runs kdsweep's own trial loop (``coordination.run_trials``) on one study: the
+claim lock (a PostgreSQL advisory lock), the stale-heartbeat and orphan checks, the count of
+finished and running trials, ``ask()`` with the sampler reseeded from the trial count, and
+Optuna's heartbeat thread, on the RDB storage a worker opens (``open_storage``). The objective
+does what a trial does to the database and nothing else: five parameters drawn from kdsweep's
+search space, the ``worker`` and run-id attributes, three intermediate values (epochs), the
+result. No training and no MLflow, so the number is the most trial starts per minute the study
+itself lets through; real workers add the MLflow server's load on top.
+
+``--prefill N`` first adds N finished trials: the loop reads every trial of the study on each
+start, and TPE reads them to sample, so a study slows as it grows. Each run gets a fresh
+database on the server (dropped afterwards); the processes connect over loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STUDY = "ceiling"
+
+
+def make_sampler(kind: str, n: int):
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=n) if kind == "tpe" else optuna.samplers.RandomSampler(seed=n)
+
+
+def objective(trial) -> float:
+    trial.suggest_float("temperature", 2.0, 8.0)
+    alpha = trial.suggest_float("alpha", 0.5, 0.95)
+    trial.suggest_categorical("ema_decay", [0.0, 0.99])
+    trial.suggest_float("lr", 0.03, 0.2, log=True)
+    trial.suggest_categorical("width", [0.5])
+    trial.set_user_attr("mlflow_run_id_seed0", uuid.uuid4().hex)
+    for epoch in range(1, 4):
+        trial.report(alpha * epoch / 3, epoch)
+    return alpha
+
+
+def worker(url: str, sampler: str, seconds: float, heartbeat: int, ready, start, out) -> None:
+    import optuna
+
+    from kdsweep.study import coordination
+    from kdsweep.study.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.simplefilter("ignore")
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(url, heartbeat=heartbeat, grace=3 * heartbeat))
+    ready.put(os.getpid())
+    start.wait()  # all processes count over the same window, not from their own (slow) start
+    ran = coordination.run_trials(study, objective, n_trials=10**9, locks=coordination.locks_for(url),
+                                  make_sampler=lambda n: make_sampler(sampler, n), timeout=seconds, poll=0.05)
+    out.put(ran)
+
+
+def prefill(url: str, n: int) -> None:
+    import optuna
+
+    from kdsweep.study.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name=STUDY, storage=open_storage(url), direction="maximize")
+    d = optuna.distributions
+    dists = {"temperature": d.FloatDistribution(2.0, 8.0), "alpha": d.FloatDistribution(0.5, 0.95),
+             "ema_decay": d.CategoricalDistribution([0.0, 0.99]), "lr": d.FloatDistribution(0.03, 0.2, log=True),
+             "width": d.CategoricalDistribution([0.5])}
+    import random
+
+    rng = random.Random(0)
+    trials = [optuna.trial.create_trial(
+        params={"temperature": rng.uniform(2, 8), "alpha": (a := rng.uniform(0.5, 0.95)), "ema_decay": 0.0,
+                "lr": 0.1, "width": 0.5}, distributions=dists, value=a,
+        intermediate_values={1: a / 3, 2: 2 * a / 3, 3: a}, user_attrs={"worker": "prefill:0"})
+        for _ in range(n)]
+    study.add_trials(trials)
+
+
+def measure(server: str, procs: int, n_prefill: int, sampler: str, seconds: float, heartbeat: int) -> float:
+    import sqlalchemy
+
+    name = f"kdsweep_ceiling_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = f"{server}/{name}"
+    try:
+        prefill(url, n_prefill)
+        ctx = mp.get_context("spawn")
+        ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+        ps = [ctx.Process(target=worker, args=(url, sampler, seconds, heartbeat, ready, start, out))
+              for _ in range(procs)]
+        for p in ps:
+            p.start()
+        for _ in ps:
+            ready.get(timeout=300)
+        start.set()
+        ran = [out.get(timeout=seconds + 120) for _ in ps]
+        for p in ps:
+            p.join(30)
+        return sum(ran) * 60 / seconds
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--server", default=os.environ.get("KDSWEEP_TEST_POSTGRES", ""),
+                    help="postgresql://USER:PASSWORD@127.0.0.1:5432 (no database; default $KDSWEEP_TEST_POSTGRES)")
+    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--prefill", type=int, nargs="+", default=[0, 2000])
+    ap.add_argument("--sampler", choices=["random", "tpe"], nargs="+", default=["random", "tpe"])
+    ap.add_argument("--seconds", type=float, default=20.0, help="how long each measurement runs")
+    ap.add_argument("--heartbeat", type=int, default=10)
+    args = ap.parse_args()
+    if not args.server.startswith("postgresql://"):
+        sys.exit("--server: give postgresql://USER:PASSWORD@127.0.0.1:5432 (or set $KDSWEEP_TEST_POSTGRES)")
+    if not any(h in args.server for h in ("@127.0.0.1", "@localhost", "@[::1]")):
+        sys.exit("--server: loopback only (127.0.0.1, localhost): this benchmark loads the server")
+    print(f"{'sampler':8} {'prefill':>7} {'procs':>5} {'trial starts/min':>17}")
+    for sampler in args.sampler:
+        for n in args.prefill:
+            for procs in args.procs:
+                rate = measure(args.server.rstrip("/"), procs, n, sampler, args.seconds, args.heartbeat)
+                print(f"{sampler:8} {n:7d} {procs:5d} {rate:17.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
