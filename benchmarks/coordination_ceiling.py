@@ -14,7 +14,13 @@ itself lets through; real workers add the MLflow server's load on top.
 
 ``--prefill N`` first adds N finished trials: the loop reads every trial of the study on each
 start, and TPE reads them to sample, so a study slows as it grows. Each run gets a fresh
-database on the server (dropped afterwards); the processes connect over loopback only.
+database on the server (a copy of the prefilled one; all dropped afterwards); the processes
+connect over loopback only.
+
+Printed per run: trial starts per minute over the window all processes share; the median time
+one start holds the study's claim lock (starts are serialized by it, so 60 s / that time is the
+most starts per minute any number of workers gets, when each has its own CPU); and the peak
+number of PostgreSQL connections per worker (PostgreSQL's default max_connections is 100).
 """
 
 from __future__ import annotations
@@ -51,6 +57,29 @@ def objective(trial) -> float:
     return alpha
 
 
+class TimedLocks:
+    """kdsweep's PostgreSQL locks, timing how long each claim is held."""
+
+    def __init__(self, url: str) -> None:
+        from kdsweep.study import coordination
+
+        self.inner, self.holds = coordination.locks_for(url), []
+
+    def hold(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            with self.inner.hold(name):
+                t0 = time.perf_counter()
+                try:
+                    yield
+                finally:
+                    if name.startswith("claim:"):
+                        self.holds.append(time.perf_counter() - t0)
+        return timed()
+
+
 def worker(url: str, sampler: str, seconds: float, heartbeat: int, ready, start, out) -> None:
     import optuna
 
@@ -62,9 +91,10 @@ def worker(url: str, sampler: str, seconds: float, heartbeat: int, ready, start,
     study = optuna.load_study(study_name=STUDY, storage=open_storage(url, heartbeat=heartbeat, grace=3 * heartbeat))
     ready.put(os.getpid())
     start.wait()  # all processes count over the same window, not from their own (slow) start
-    ran = coordination.run_trials(study, objective, n_trials=10**9, locks=coordination.locks_for(url),
+    locks = TimedLocks(url)
+    ran = coordination.run_trials(study, objective, n_trials=10**9, locks=locks,
                                   make_sampler=lambda n: make_sampler(sampler, n), timeout=seconds, poll=0.05)
-    out.put(ran)
+    out.put((ran, locks.holds))
 
 
 def prefill(url: str, n: int) -> None:
@@ -73,7 +103,8 @@ def prefill(url: str, n: int) -> None:
     from kdsweep.study.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(study_name=STUDY, storage=open_storage(url), direction="maximize")
+    storage = open_storage(url)
+    study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
     d = optuna.distributions
     dists = {"temperature": d.FloatDistribution(2.0, 8.0), "alpha": d.FloatDistribution(0.5, 0.95),
              "ema_decay": d.CategoricalDistribution([0.0, 0.99]), "lr": d.FloatDistribution(0.03, 0.2, log=True),
@@ -87,35 +118,60 @@ def prefill(url: str, n: int) -> None:
         intermediate_values={1: a / 3, 2: 2 * a / 3, 3: a}, user_attrs={"worker": "prefill:0"})
         for _ in range(n)]
     study.add_trials(trials)
+    storage.remove_session()
+    storage.engine.dispose()  # a database is copied only while nobody is connected to it
 
 
-def measure(server: str, procs: int, n_prefill: int, sampler: str, seconds: float, heartbeat: int) -> float:
+def create_db(admin, name: str, template: str | None = None) -> None:
     import sqlalchemy
 
-    name = f"kdsweep_ceiling_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT",
-                                     poolclass=sqlalchemy.pool.NullPool)
     with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    url = f"{server}/{name}"
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+
+
+def drop_db(admin, name: str) -> None:
+    import sqlalchemy
+
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def connections(admin, name: str) -> int:
+    import sqlalchemy
+
+    with admin.connect() as conn:
+        return conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                            {"d": name}).scalar()
+
+
+def measure(server: str, admin, template: str, procs: int, sampler: str, seconds: float,
+            heartbeat: int) -> tuple[float, float, float]:
+    """(trial starts per minute, median claim hold in seconds, peak connections per worker)."""
+    import statistics
+
+    name = f"kdsweep_ceiling_{uuid.uuid4().hex[:8]}"
+    create_db(admin, name, template)
     try:
-        prefill(url, n_prefill)
         ctx = mp.get_context("spawn")
         ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
-        ps = [ctx.Process(target=worker, args=(url, sampler, seconds, heartbeat, ready, start, out))
+        ps = [ctx.Process(target=worker, args=(f"{server}/{name}", sampler, seconds, heartbeat, ready, start, out))
               for _ in range(procs)]
         for p in ps:
             p.start()
         for _ in ps:
             ready.get(timeout=300)
         start.set()
-        ran = [out.get(timeout=seconds + 120) for _ in ps]
+        peak, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            peak = max(peak, connections(admin, name))
+            time.sleep(0.5)
+        results = [out.get(timeout=120) for _ in ps]
         for p in ps:
             p.join(30)
-        return sum(ran) * 60 / seconds
+        holds = [h for _, hs in results for h in hs]
+        return sum(r for r, _ in results) * 60 / seconds, statistics.median(holds), peak / procs
     finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_db(admin, name)
 
 
 def main() -> None:
@@ -132,12 +188,25 @@ def main() -> None:
         sys.exit("--server: give postgresql://USER:PASSWORD@127.0.0.1:5432 (or set $KDSWEEP_TEST_POSTGRES)")
     if not any(h in args.server for h in ("@127.0.0.1", "@localhost", "@[::1]")):
         sys.exit("--server: loopback only (127.0.0.1, localhost): this benchmark loads the server")
-    print(f"{'sampler':8} {'prefill':>7} {'procs':>5} {'trial starts/min':>17}")
-    for sampler in args.sampler:
-        for n in args.prefill:
-            for procs in args.procs:
-                rate = measure(args.server.rstrip("/"), procs, n, sampler, args.seconds, args.heartbeat)
-                print(f"{sampler:8} {n:7d} {procs:5d} {rate:17.0f}", flush=True)
+    import sqlalchemy
+
+    server = args.server.rstrip("/")
+    admin = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    print(f"{'sampler':8} {'prefill':>7} {'procs':>5} {'starts/min':>10} {'claim ms':>8} {'ceiling/min':>11} "
+          f"{'conns/worker':>12}")
+    for n in args.prefill:
+        template = f"kdsweep_ceiling_base_{uuid.uuid4().hex[:8]}"
+        create_db(admin, template)
+        try:
+            prefill(f"{server}/{template}", n)
+            for sampler in args.sampler:
+                for procs in args.procs:
+                    rate, hold, conns = measure(server, admin, template, procs, sampler, args.seconds, args.heartbeat)
+                    print(f"{sampler:8} {n:7d} {procs:5d} {rate:10.0f} {hold * 1000:8.1f} {60 / hold:11.0f} "
+                          f"{conns:12.1f}", flush=True)
+        finally:
+            drop_db(admin, template)
 
 
 if __name__ == "__main__":

@@ -271,3 +271,30 @@ def test_task_requeued_mid_trial_resumes_its_trial_from_the_last_epoch(slurm, tm
     steps = [m.step for m in MlflowClient(tracking).get_metric_history(run_id, "test_acc")]
     # every epoch logged once: the requeued task went on from its checkpoint instead of starting again
     assert sorted(steps) == list(range(1, epochs + 1)), (steps, done_before)
+
+
+def test_near_the_time_limit_the_script_stops_the_worker_and_requeues_its_task(slurm, tmp_path):
+    """``--signal=B:TERM@120`` with a 2-minute limit: the warning comes at once. A stand-in worker
+    (exits 130 on SIGTERM, as ``kdsweep study worker`` does once its trial is marked interrupted)
+    keeps this test to seconds; the real worker's side is the requeue test above."""
+    import sys
+
+    from kdsweep.launch import slurm as launch_slurm
+
+    worker = [sys.executable, "-c", "import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *a: (print('worker: TERM', flush=True), sys.exit(130)))\n"
+              "print('worker: up', flush=True)\ntime.sleep(600)"]
+    job = launch_slurm.SlurmJob(study="limit", workers=1, command=worker, workdir=tmp_path, log_dir=tmp_path,
+                                gpus_per_worker=0, mem="100M", time="2")
+    (tmp_path / "job.sh").write_text(launch_slurm.render_script(job))
+    job_id = slurm.run("sbatch", "--parsable", str(tmp_path / "job.sh")).strip()
+    try:
+        deadline = time.monotonic() + 150
+        while (slurm.job(job_id) or [{}])[0].get("Restarts") != "1":
+            assert time.monotonic() < deadline, f"not requeued: {slurm.job(job_id)}\n{slurm.logs()}"
+            time.sleep(1)
+        log = (tmp_path / f"{job_id}_0.log").read_text()
+        assert "worker: TERM" in log and "requeueing this task" in log, log
+        assert slurm.job(job_id)[0]["JobState"] == "PENDING"  # back in the queue, to start again
+    finally:
+        slurm.run("scancel", job_id, check=False)
