@@ -358,5 +358,141 @@ def data_download(name: str, root: Path) -> None:
     click.echo(f"{name} is in {path}")
 
 
+# -- launch: workers on a cluster (kdsweep/launch/) ------------------------------------------
+
+@main.group()
+def launch() -> None:
+    """Start a study's workers on a cluster: a SLURM array job or a Kubernetes Indexed Job."""
+
+
+def cluster_options(f):
+    opts = [
+        click.option("--workers", type=int, required=True, help="Workers to start, one per array task or pod."),
+        click.option("--gpus-per-worker", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="GPUs each worker gets (0: a CPU worker)."),
+        click.option("--mem", help="Memory per worker (sbatch: 16G; Kubernetes: 16Gi)."),
+        click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Seconds between trial heartbeats, as in study worker."),
+        click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _launch_plan(spec_path: Path, flags: dict, *, check_data: bool):
+    """The loaded spec and its stores without passwords; store problems are one line each, exit 2.
+
+    ``check_data`` False where the data need only exist on the cluster (a dry run, a volume).
+    """
+    from kdsweep.launch.credentials import split_stores
+    from kdsweep.launch.preflight import scheme_problems
+    from kdsweep.study.spec import load_spec
+
+    try:
+        spec = load_spec(spec_path, spec_overrides(**flags), check_data=check_data)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    problems = scheme_problems(spec.storage, spec.tracking_uri)
+    if problems:
+        raise UserError("\n".join(f"{spec_path}: {p}" for p in problems))
+    return spec, split_stores(spec.storage, spec.tracking_uri)
+
+
+@launch.command("slurm")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@cluster_options
+@click.option("--cpus-per-worker", type=click.IntRange(min=1), help="CPU cores per worker (sbatch --cpus-per-task).")
+@click.option("--partition", help="sbatch --partition.")
+@click.option("--account", help="sbatch --account.")
+@click.option("--time", help="Time limit per task, e.g. 4:00:00; near it the trial is marked and the task requeued.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG", help="Passed to sbatch (repeatable), e.g. --qos=long.")
+@click.option("--env-file", type=click.Path(path_type=Path), help="KEY=VALUE file (mode 600) the job sources: PGPASSWORD, "
+              "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD.")
+@override_options
+def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool,
+                 cpus_per_worker, partition, account, time, sbatch_args, env_file, **flags) -> None:
+    """Submit SPEC's workers as one SLURM array job: `kdsweep study worker` per task, requeued when preempted."""
+    from kdsweep.launch import command, credentials, preflight, slurm
+
+    spec, stores = _launch_plan(spec_path, flags, check_data=not dry_run)
+    try:
+        file_env = credentials.read_env_file(env_file.resolve()) if env_file else {}
+        log_dir = Path.cwd() / "mlruns" / "launch" / spec.name
+        worker = [sys.executable, "-m", "kdsweep", "study", "worker", command.absolute(spec_path),
+                  *command.worker_args(flags, stores, heartbeat, data_root=command.absolute(
+                      flags["data_root"] or os.environ.get(DATA_ROOT_ENV)))]
+        job = slurm.SlurmJob(study=spec.name, workers=workers, command=worker, workdir=Path.cwd(), log_dir=log_dir,
+                             gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
+                             partition=partition, account=account, time=time, sbatch_args=tuple(sbatch_args),
+                             env_file=env_file.resolve() if env_file else None)
+        script = slurm.render_script(job)
+        credentials.assert_no_secret(script, {**stores.secrets, **file_env}, "the sbatch script")
+        if dry_run:
+            click.echo(script, nl=False)
+            return
+        env = {**os.environ, **stores.secrets}  # the job inherits the passwords (--export=ALL)
+        preflight.check_answer(stores, {**env, **file_env})
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / "worker.sbatch"
+        path.write_text(script)
+        job_id = slurm.submit(path, env)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    rel = log_dir.relative_to(Path.cwd())
+    click.echo(f"submitted job {job_id}: {workers} workers of study {spec.name} (script {rel / 'worker.sbatch'})")
+    click.echo(f"follow: squeue -j {job_id}; tail -f {rel}/{job_id}_*.log")
+    click.echo(f"report: kdsweep report {spec.name} --tracking-uri {stores.tracking_uri} --storage {stores.storage}")
+
+
+@launch.command("k8s")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@cluster_options
+@click.option("--image", required=True, help="The worker image (docker/worker.Dockerfile), e.g. registry/kdsweep-worker:0.1.")
+@click.option("--cpus-per-worker", help="CPU request per worker, e.g. 8 or 500m.")
+@click.option("--namespace", help="Namespace of the Job (default: kubectl's).")
+@click.option("--backoff-limit-per-index", type=click.IntRange(min=0), default=3, show_default=True,
+              help="New pods a worker index may fail before it is given up.")
+@click.option("--data-pvc", help="PersistentVolumeClaim with the data, mounted read-only at /data (the data root).")
+@click.option("--work-pvc", help="PersistentVolumeClaim (ReadWriteMany) for the workers' checkpoints, mounted at /work.")
+@override_options
+def launch_k8s(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool, image: str,
+               cpus_per_worker, namespace, backoff_limit_per_index: int, data_pvc, work_pvc, **flags) -> None:
+    """Apply SPEC's workers as one Kubernetes Indexed Job (or print it): passwords from a Secret."""
+    from kdsweep.launch import command, credentials, k8s
+
+    spec, stores = _launch_plan(spec_path, flags, check_data=False)
+    try:
+        data_root = k8s.DATA_DIR if data_pvc and not flags["data_root"] else None
+        job = k8s.K8sJob(study=spec.name, workers=workers, image=image, spec_text=spec_path.read_text(),
+                         args=command.worker_args(flags, stores, heartbeat, data_root=data_root),
+                         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
+                         namespace=namespace, backoff_limit_per_index=backoff_limit_per_index,
+                         data_pvc=data_pvc, work_pvc=work_pvc)
+        text = k8s.to_yaml(k8s.manifests(job))
+        credentials.assert_no_secret(text, stores.secrets, f"{spec_path} in the ConfigMap")
+        secret = k8s.to_yaml([k8s.secret_template(job)])
+        context = None if dry_run else k8s.kubectl_context()
+        if context is None:
+            if not dry_run:
+                click.echo("# kubectl or a kubectl context not found: apply these yourself", err=True)
+            click.echo(f"# The Secret the pods read, to fill in and create first (kubectl create secret generic "
+                       f"{job.secret_name} --from-literal=PGPASSWORD=...):\n{k8s.commented(secret)}---\n{text}",
+                       nl=False)
+            return
+        applied = k8s.apply(text)
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    except OSError as exc:
+        raise UserError(f"{spec_path}: {exc.strerror}") from None
+    ns = f" -n {namespace}" if namespace else ""
+    click.echo(f"{applied}\n(context {context})")
+    click.echo(f"the pods wait for Secret {job.secret_name}: kubectl{ns} create secret generic {job.secret_name} "
+               "--from-literal=PGPASSWORD=... [--from-literal=MLFLOW_TRACKING_USERNAME=... "
+               "--from-literal=MLFLOW_TRACKING_PASSWORD=...]")
+    click.echo(f"follow: kubectl{ns} get pods -l job-name={job.name}; kubectl{ns} logs -f job/{job.name}")
+    click.echo(f"report: kdsweep report {spec.name} --tracking-uri {stores.tracking_uri}")
+
+
 if __name__ == "__main__":
     main()

@@ -30,3 +30,7 @@ class TrackingError(KdsweepError):
 
 class StudyError(KdsweepError):
     """A study cannot go on (e.g. every trial failed, or the storage refuses it)."""
+
+
+class LaunchError(KdsweepError):
+    """A cluster launch cannot go ahead (bad option, unsafe env file, store or scheduler refusing)."""

@@ -108,6 +108,20 @@ def test_trial_whose_process_died_before_its_first_heartbeat_is_failed_and_retri
     assert not [t for t in trials if t.system_attrs.get("failed_trial") == fresh.number]
 
 
+def test_trial_loop_runs_the_trial_another_worker_left_interrupted(postgres_url):
+    """A requeued or preempted worker marked its trial interrupted and left: a worker that goes on
+    runs that trial (from its checkpoint, in kdsweep) before any new one takes its place."""
+    study = open_shared(postgres_url, "left")
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, params={"x": 0.125}, distributions=dist,
+                                        user_attrs={"interrupted": True, "worker": "elsewhere:1"}))
+    ran = coordination.run_trials(study, quick_objective, n_trials=1, locks=coordination.locks_for(postgres_url),
+                                  make_sampler=lambda n: optuna.samplers.RandomSampler(seed=n), poll=0.2)
+    trials = open_shared(postgres_url, "left").trials
+    assert ran == 1 and [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params == {"x": 0.125} and trials[1].system_attrs["failed_trial"] == 0
+
+
 def test_advisory_lock_excludes_another_session(postgres_url):
     import sqlalchemy
 

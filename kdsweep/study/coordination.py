@@ -175,6 +175,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
         with claim:
             fail_stale(study)
             fail_unclaimed(study)
+            recovery.retry_interrupted(study)  # a requeued worker's trial: run by whoever goes on
             finished, running = count(study)
             if finished >= n_trials:
                 break

@@ -115,8 +115,20 @@ def recover(study: optuna.Study, recorder: Recorder) -> list[int]:
         worker = dead_owner(trial)
         if worker is not None:
             fail_dead(study, trial, worker, recorder)
-    trials = study.get_trials(deepcopy=False)
-    done = retried(trials)
-    return [t.number for t in trials
-            if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in done
-            and retry(study, t)]
+    return retry_interrupted(study)
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Retry the interrupted trials not retried yet; returns their numbers.
+
+    The trial loop calls it too (under the claim lock), so a worker that goes on runs the trial
+    a preempted or requeued worker left, from its checkpoint, instead of a new one in its place.
+    """
+    # failed trials first: the loop calls this before every trial, and only when one was
+    # interrupted is the whole study (with the retries' histories) read
+    interrupted = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                   if t.user_attrs.get("interrupted")]
+    if not interrupted:
+        return []
+    done = retried(study.get_trials(deepcopy=False))
+    return [t.number for t in interrupted if t.number not in done and retry(study, t)]
