@@ -21,7 +21,7 @@ from kdsweep.errors import StudyError
 from kdsweep.study import coordination, jobs, recovery, space, tables
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective, StopStudy
-from kdsweep.study.recorder import Recorder
+from kdsweep.study.recorder import Recorder, describe_data
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.storage import HEARTBEAT_SECONDS, open_storage
 from kdsweep.study.teacher import Trained, from_checkpoint, obtain, weights_payload
@@ -99,7 +99,8 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
     device = str(resolve_device(spec.device))
     data = load_data(spec)
     with coordination.single_writer(spec.tracking_uri, field="tracking_uri"):
-        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity,
+                                      "data": describe_data(data, spec.data.root)})
         teacher = get_teacher(spec, data, recorder, workdir, device)
         recorder.end_study({"teacher_test_acc": teacher.test_acc})
     cfg = space.teacher_config(spec, device)
@@ -138,7 +139,8 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     with locks.hold("open-storage"):  # workers starting together on an empty database: one creates the tables
         study = open_study(spec, heartbeat=heartbeat)
     with locks.hold(f"begin:{spec.name}"):  # one parent run, one experiment, however many workers start
-        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity,
+                                      "data": describe_data(data, spec.data.root)})
     with locks.hold(f"recover:{spec.name}"):  # trials of killed or interrupted runs: fail, close, retry
         recovery.recover(study, recorder)
     if on_open is not None:
