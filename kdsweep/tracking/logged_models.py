@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,11 @@ def log_final_model(client, *, experiment_id: str, run_id: str, role: str, param
         with tempfile.TemporaryDirectory(prefix="kdsweep-model-") as tmp:
             local = Path(tmp) / "model"
             meta = Model(artifact_path=model.artifact_location, model_id=model.model_id, run_id=run_id)
-            mlflow.pyfunc.save_model(str(local), python_model=str(SERVED), artifacts={"weights": str(checkpoint)},
-                                     model_config=config, signature=signature, pip_requirements=requirements,
-                                     mlflow_model=meta)
+            with warnings.catch_warnings():  # "no input example": the signature states the input
+                warnings.simplefilter("ignore", UserWarning)
+                mlflow.pyfunc.save_model(str(local), python_model=str(SERVED), artifacts={"weights": str(checkpoint)},
+                                         model_config=config, signature=signature, pip_requirements=requirements,
+                                         mlflow_model=meta)
             client.log_model_artifacts(model.model_id, str(local))
         client.log_batch(run_id, metrics=final_metrics(summary, data, model_id=model.model_id, step=step))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])

@@ -100,8 +100,11 @@ def is_server(uri: str) -> bool:
 
 
 def runs_url(tracking_uri: str, experiment_id: str) -> str | None:
-    """The MLflow UI's runs page of an experiment, when the store is a server."""
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs" if is_server(tracking_uri) else None
+    """The MLflow UI's runs page of an experiment, when the store is a server; ``workflowType`` opens
+    the UI's "Model training" side (Runs, Models, Model registry) instead of its GenAI one."""
+    if not is_server(tracking_uri):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 class MlflowRecorder:
@@ -165,6 +168,7 @@ class MlflowRecorder:
         run = self.client.create_run(self.experiment_id, run_name=study_name,
                                      tags={"role": "study", "study": study_name})
         self.parent_id = run.info.run_id
+        self._log_inputs(self.parent_id)
         spec = params.get("spec", {})
         flat = {"n_trials": spec.get("n_trials"), "sampler": spec.get("sampler"), "pruner": spec.get("pruner"),
                 "objective": spec.get("objective"), "seeds": spec.get("seeds"),
@@ -226,18 +230,19 @@ class MlflowRecorder:
             else f"{info.role}-{info.params.get('arch')}-x{info.params.get('width')}-s{info.params.get('seed')}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._log_params(run.info.run_id, info.params)
-        from kdsweep.tracking.logged_models import dataset_inputs
-
-        inputs = dataset_inputs(self.data)
-        if inputs:
-            self.client.log_inputs(run.info.run_id, datasets=inputs)
+        self._log_inputs(run.info.run_id)
         self._opened(run.info.run_id, info)
         return run.info.run_id
 
     def _opened(self, run_id: str, info: RunInfo) -> None:
         self._runs[run_id] = (info.role, dict(info.params))
         if self.system_metrics and run_id not in self._monitors:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            except ImportError as exc:  # psutil missing: the runs go on without
+                logging.getLogger(__name__).warning("system metrics off: %s", exc)
+                self.system_metrics = False
+                return
 
             # its own thread and client; resume_logging continues the steps of a reopened run
             monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=True,
@@ -293,6 +298,14 @@ class MlflowRecorder:
         items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items() if v is not None]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _log_inputs(self, run_id: str) -> None:
+        """The study's data splits (train, validation where there is one, test) as the run's inputs."""
+        from kdsweep.tracking.logged_models import dataset_inputs
+
+        inputs = dataset_inputs(self.data)
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def _log_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

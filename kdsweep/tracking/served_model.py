@@ -9,8 +9,14 @@ and returns float32 logits [N, classes].
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow.pyfunc
 from mlflow.models import set_model
+
+# MLflow's type-hint validation covers no numpy arrays and warns on every class without hints;
+# the model's signature (uint8 [N, 3, H, W]) checks the input instead
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
