@@ -39,7 +39,7 @@ def driver():
         require_or_skip(f"{CHROMIUM} or {CHROMEDRIVER} missing (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1800,1000"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, read per page
     try:
@@ -138,6 +138,10 @@ def test_html_report_shows_its_tables_and_every_plot(driver, served_study):
         return [float(r.find_elements(By.TAG_NAME, "td")[col].text.split()[0])
                 for r in trials.find_elements(By.CSS_SELECTOR, "tbody tr")]
 
+    driver.execute_script("const d = document.getElementById('plot-accuracy_vs_temperature_alpha');"
+                          "d.scrollIntoView(); Plotly.Fx.hover(d, [{curveNumber: 0, pointNumber: 0}]);")
+    screenshot(driver, "report-hover")
+    driver.execute_script("window.scrollTo(0, 0)")
     header[col].click()
     assert column() == sorted(column())
     header[col].click()
@@ -173,7 +177,7 @@ def test_mlflow_ui_lists_runs_by_role_with_dataset_and_model(driver, served_stud
     expand = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[role=gridcell] button[data-component-id*="
                                                                  "runnamecellrenderer]"))
     expand[0].click()
-    wait.until(lambda d: all(n in body_text(d) for n in names))
+    wait.until(lambda d: all(n.replace(".", "_") in body_text(d) for n in names))  # no "." in model names
     for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label=Close]"):  # the assistant panel
         close.click()
     assert "cifar10-train" in body_text(driver)  # the Dataset column
@@ -186,3 +190,11 @@ def test_mlflow_ui_lists_runs_by_role_with_dataset_and_model(driver, served_stud
                                         filter_string=f"source_run_id = '{distilled.info.run_id}'")[0]
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"a[href*='{model.model_id}']"))
     screenshot(driver, "run")
+
+    # the Models tab: every role's logged model, with its final test accuracy
+    driver.get(f"{url}/#/experiments/{exp.experiment_id}/models?workflowType=machine_learning")
+    wait.until(lambda d: all(n.replace(".", "_") in body_text(d) for n in names))  # no "." in model names
+    for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label=Close]"):  # the assistant panel
+        close.click()
+    wait.until(lambda d: "final_test_acc" in body_text(d) and "cifar10-test" in body_text(d))
+    screenshot(driver, "models")

@@ -9,6 +9,7 @@ the data split they were measured on (``cifar10-test``), as the Dataset column s
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 import warnings
@@ -22,6 +23,12 @@ METRIC_SPLITS = {"final_test_acc": "test", "final_test_acc_raw": "test", "final_
                  "best_test_acc": "test", "final_train_acc": "train", "final_val_acc": "validation",
                  "best_val_acc": "validation"}
 DIGEST_CHARS = 36  # MLflow's limit on a dataset digest
+NOT_IN_MODEL_NAMES = re.compile(r"[/:.%\"']")  # MLflow refuses these in a LoggedModel's name
+
+
+def model_name(run_name: str) -> str:
+    """The run's name as a LoggedModel name: ``teacher-resnet8-x0.5-s0`` -> ``teacher-resnet8-x0_5-s0``."""
+    return NOT_IN_MODEL_NAMES.sub("_", run_name)
 
 
 def dataset_name(dataset: str, split: str) -> str:
@@ -65,7 +72,7 @@ def model_config(params: dict[str, Any], data: dict[str, Any] | None) -> dict[st
             "num_classes": int(data["num_classes"]), "mean": list(data["mean"]), "std": list(data["std"])}
 
 
-def log_final_model(client, *, experiment_id: str, run_id: str, role: str, params: dict[str, Any],
+def log_final_model(client, *, experiment_id: str, run_id: str, name: str, role: str, params: dict[str, Any],
                     data: dict[str, Any] | None, summary: dict[str, float], checkpoint: Path) -> str:
     """Log ``checkpoint`` as run ``run_id``'s LoggedModel and its final ``summary`` metrics; the model id."""
     import mlflow.pyfunc
@@ -82,7 +89,7 @@ def log_final_model(client, *, experiment_id: str, run_id: str, role: str, param
     step = int(summary.get("final_epoch", 0))
     shown = {k: str(v) for k, v in params.items() if k in ("arch", "width", "seed", "trial", "temperature",
                                                             "alpha", "ema_decay", "lr", "epochs")}
-    model = client.create_logged_model(experiment_id, name=role, source_run_id=run_id, params=shown,
+    model = client.create_logged_model(experiment_id, name=model_name(name), source_run_id=run_id, params=shown,
                                        tags={"role": role}, model_type=MODEL_TYPE)
     try:
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, size, size))]),

@@ -277,8 +277,9 @@ class MlflowRecorder:
         from kdsweep.tracking.logged_models import final_metrics, log_final_model
 
         if checkpoint is not None and role is not None and "arch" in params and self.data:
-            log_final_model(self.client, experiment_id=self.experiment_id, run_id=run_id, role=role, params=params,
-                            data=self.data, summary=summary, checkpoint=checkpoint)
+            name = self.client.get_run(run_id).info.run_name  # the model says what it is, as its run does
+            log_final_model(self.client, experiment_id=self.experiment_id, run_id=run_id, name=name, role=role,
+                            params=params, data=self.data, summary=summary, checkpoint=checkpoint)
         else:  # nothing to load as a model: the metrics alone, still tied to their data split
             metrics = final_metrics(summary, self.data, model_id=None, step=int(summary.get("final_epoch", 0)))
             if metrics:
