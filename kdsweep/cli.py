@@ -158,10 +158,12 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, system_m
     except KdsweepError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
+        again = resume_command(spec_path, flags, heartbeat)
+        if system_metrics is not None:
+            again += " --system-metrics" if system_metrics else " --no-system-metrics"
         click.echo("Interrupted: finished trials are kept; the trial or training in progress is marked "
                    "interrupted and goes on from its last epoch when you resume. "
-                   f"Resume with: {resume_command(spec_path, flags, heartbeat)}"
-                   + ("" if system_metrics is None else f" --{'' if system_metrics else 'no-'}system-metrics"), err=True)
+                   f"Resume with: {again}", err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)

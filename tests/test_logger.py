@@ -174,7 +174,8 @@ def test_final_weights_are_a_logged_model_with_the_final_metrics(data_recorder, 
     found = client.search_logged_models([data_recorder.experiment_id], filter_string="metrics.final_test_acc > 0.2")
     assert [m.source_run_id for m in found] == [run_id]
     logged = found[0]
-    assert logged.name == "distilled-t0-s0" and logged.tags["role"] == "distilled" and str(logged.status).endswith("READY") and logged.params["alpha"] == "0.5"
+    assert logged.name == "distilled-t0-s0" and logged.tags["role"] == "distilled"
+    assert str(logged.status).endswith("READY") and logged.params["alpha"] == "0.5"
     metrics = {m.key: m for m in logged.metrics}
     assert metrics["final_test_acc"].value == 0.25 and metrics["final_test_acc"].dataset_name == "synthetic-test"
     run = client.get_run(run_id)

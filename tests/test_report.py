@@ -197,9 +197,10 @@ def test_register_best_student_in_the_model_registry(work):
 
     from kdsweep.core.data import load_dataset
 
-    logged = [m for m in c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")]
+    logged = c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
     assert len(logged) == 1 and version.source == logged[0].artifact_location
-    assert {"name": "kd-best", "version": 1} in json.loads(c.get_logged_model(logged[0].model_id).tags["mlflow.modelVersions"])
+    versions = json.loads(c.get_logged_model(logged[0].model_id).tags["mlflow.modelVersions"])
+    assert {"name": "kd-best", "version": 1} in versions
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/kd-best/1")
     data = load_dataset("cifar10", work / "data")

@@ -103,7 +103,8 @@ def compare_charts(reports: list[Report]) -> dict[str, object]:
 
     out = {}
     for i, role in enumerate(("teacher", "baseline", "distilled")):
-        fig = charts.epoch_curves({r.study: r.rows[i].curves for r in reports}, title=f"{role}: test accuracy per epoch")
+        fig = charts.epoch_curves({r.study: r.rows[i].curves for r in reports},
+                                  title=f"{role}: test accuracy per epoch")
         if fig is not None:
             out[f"compare_{role}"] = fig
     return out
