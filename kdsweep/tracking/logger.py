@@ -23,7 +23,8 @@ from kdsweep.interrupts import held
 from kdsweep.study.recorder import FinishedRun, RunInfo
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
-# MLflow's own experiment tag: the UI then opens the study on its training runs, not the GenAI overview
+# MLflow's own tag for a model-development experiment (not GenAI). MLflow 3.17's UI still opens a bare
+# experiment URL on its GenAI overview while its global switch says GenAI: ``runs_url`` opens the runs
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SYSTEM_METRICS_SECONDS = 5  # sampling interval of CPU, memory and GPU use (MLflow's default is 10)
 
