@@ -105,12 +105,19 @@ def study_validate(spec_path: Path, **flags) -> None:
     click.echo(f"# {spec_path}: valid")
 
 
+def system_metrics_option(f):
+    return click.option("--system-metrics/--no-system-metrics", default=None,
+                        help="Log CPU, memory and GPU use of every run to MLflow (default: on against a "
+                             "tracking server, off for a local store).")(f)
+
+
 @study.command("run")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @override_options
-def study_run(spec_path: Path, **flags) -> None:
+@system_metrics_option
+def study_run(spec_path: Path, system_metrics: bool | None, **flags) -> None:
     """Train the teacher once, the baselines, then distilled-student trials; log all to MLflow."""
-    _run(spec_path, flags)
+    _run(spec_path, flags, system_metrics=system_metrics)
 
 
 @study.command("confirm")
@@ -124,10 +131,11 @@ def study_confirm(spec_path: Path, **flags) -> None:
 @study.command("worker")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @override_options
+@system_metrics_option
 @click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
               help="Seconds between trial heartbeats; a worker silent for 3x this is taken as dead and "
                    "its trial retried. Give every worker the same value.")
-def study_worker(spec_path: Path, heartbeat: int, **flags) -> None:
+def study_worker(spec_path: Path, heartbeat: int, system_metrics: bool | None, **flags) -> None:
     """Join SPEC's study in PostgreSQL and run trials until it holds n_trials (start one per GPU or machine)."""
     from kdsweep.study.coordination import shared_store_problem
 
@@ -137,7 +145,8 @@ def study_worker(spec_path: Path, heartbeat: int, **flags) -> None:
         raise fail(exc) from None
     problems = [f"{spec_path}: {p}" for p in (shared_store_problem("storage", spec.storage),
                                               shared_store_problem("tracking_uri", spec.tracking_uri)) if p]
-    _run(spec_path, flags, heartbeat=heartbeat, problems=problems)  # reported with the preflight's
+    _run(spec_path, flags, heartbeat=heartbeat, problems=problems,  # reported with the preflight's
+         system_metrics=system_metrics)
 
 
 def resume_command(spec_path: Path, flags: dict, heartbeat: int | None) -> str:
@@ -158,7 +167,8 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # `kill` (SIGTERM, as batch schedulers send) stops a study as Ctrl-C does
 
 
-def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: bool = True, problems=()) -> None:
+def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: bool = True, problems=(),
+         system_metrics: bool | None = None) -> None:
     import signal
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -171,7 +181,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
         from kdsweep.study.runner import run_study
         from kdsweep.tracking.logger import MlflowRecorder
 
-        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
+        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts, system_metrics=system_metrics)
         extra = {} if heartbeat is None else {"heartbeat": heartbeat}
         with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
             outcome = run_study(spec, recorder=progress, search=search, data=data,
@@ -179,9 +189,12 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
     except KdsweepError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:
+        again = resume_command(spec_path, flags, heartbeat)
+        if system_metrics is not None:
+            again += " --system-metrics" if system_metrics else " --no-system-metrics"
         click.echo("Interrupted: finished trials are kept; the trial or training in progress is marked "
                    "interrupted and goes on from its last epoch when you resume. "
-                   f"Resume with: {resume_command(spec_path, flags, heartbeat)}", err=True)
+                   f"Resume with: {again}", err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -197,6 +210,12 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
                    f"{', '.join(map(str, spec.confirm.seeds))}: {len(outcome.confirmed)} runs")
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
+    _echo_runs_url(recorder)
+
+
+def _echo_runs_url(recorder) -> None:
+    if recorder.runs_url:
+        click.echo(f"runs: {recorder.runs_url}")
 
 
 def _best(outcome) -> str:
@@ -251,6 +270,7 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     click.echo(f"teacher {spec.teacher.arch} x{spec.teacher.width} {how}: final test acc {trained.summary.final_test_acc:.4f} "
                f"(MLflow run {trained.run_id})")
     click.echo(f"weights: {path}")
+    _echo_runs_url(recorder)
     click.echo(f"students: kdsweep study run {spec_path} (reuses it), or in any study: "
                f"--set teacher.checkpoint={path}")
 
@@ -314,12 +334,11 @@ def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: 
 
             reports = [load_report(s, tracking_uri) for s in studies]
             figures, notes = publish.compare_figures(reports) if fmt == "html" else ({}, [])
-            extra = {"notes": notes} if fmt == "html" else {}
+            extra = {"notes": notes, "charts": publish.compare_charts(reports)} if fmt == "html" else {}
             text = render.COMPARE_RENDERERS[fmt](reports, figures, **extra)
         else:
             if fmt == "html":
-                one, figures, notes = publish.build(studies[0], tracking_uri, storage)
-                text = render.render_html(one, figures, notes)
+                one, _, text = publish.build_html(studies[0], tracking_uri, storage)
             else:
                 from kdsweep.tracking.report import load_report
 

@@ -76,7 +76,7 @@ def test_report_prints_the_three_row_table(finished_study):
     assert "final epoch (2)" in proc.stdout
 
 
-@pytest.mark.parametrize("fmt, marker", [("csv", "Model,Architecture"), ("html", "<table>")])
+@pytest.mark.parametrize("fmt, marker", [("csv", "Model,Architecture"), ("html", "<table class='sortable'>")])
 def test_report_formats_to_file(finished_study, fmt, marker):
     work, _, _ = finished_study
     out = work / f"report.{fmt}"

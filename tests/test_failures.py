@@ -227,10 +227,15 @@ def test_every_training_field_enters_the_reuse_key():
     base = TrainConfig(arch="resnet8")
     changed = {"arch": "resnet14", "width": 0.5, "epochs": 2, "batch_size": 8, "optimizer": "adam", "lr": 0.2,
                "momentum": 0.8, "nesterov": False, "weight_decay": 0.0, "schedule": "constant",
-               "label_smoothing": 0.1, "ema_decay": 0.9, "temperature": 2.0, "alpha": 0.5, "patience": 3,
+               "label_smoothing": 0.1, "ema_decay": 0.9, "method": "kd", "method_params": {"alpha": 0.5}, "patience": 3,
                "augment": False, "seed": 1, "precision": "bf16", "channels_last": False}
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"device"}
     assert set(changed) >= fields, f"new TrainConfig fields need a case here: {fields - set(changed)}"
     key = base.fingerprint(data_identity="d")
     for name in sorted(fields):
-        assert dataclasses.replace(base, **{name: changed[name]}).fingerprint(data_identity="d") != key, name
+        # method_params belong to a method: changed under kd, and ce takes none
+        other = {"method_params": changed[name], "method": "kd"} if name == "method_params" else {name: changed[name]}
+        assert dataclasses.replace(base, **other).fingerprint(data_identity="d") != key, name
+    kd = TrainConfig(arch="resnet8", method="kd")
+    assert dataclasses.replace(kd, method_params={"alpha": 0.5}).fingerprint(data_identity="d") != \
+        kd.fingerprint(data_identity="d")

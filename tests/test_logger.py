@@ -93,3 +93,121 @@ def test_spec_artifact_hides_database_passwords(recorder):
     recorder.begin_study("s2", {"spec": {"storage": "postgresql://kd:topsecret@127.0.0.1/optuna"}})
     text = MlflowClient(recorder.uri).download_artifacts(recorder.parent_id, "spec.json", str(recorder.workdir))
     assert "topsecret" not in Path(text).read_text()
+
+
+# ---------------------------------------------------------------- what the MLflow UI shows of a run
+
+
+@pytest.fixture
+def data_recorder(tmp_path, monkeypatch, kd_data):
+    from kdsweep.study.recorder import describe_data
+
+    monkeypatch.chdir(tmp_path)
+    rec = MlflowRecorder(f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "artifacts"),
+                         workdir=tmp_path / "work")
+    rec.begin_study("s3", {"spec": {}, "data_identity": kd_data.identity, "data": describe_data(kd_data, tmp_path)})
+    return rec
+
+
+def finished_student(rec, data, tmp_path: Path) -> tuple[str, torch.nn.Module]:
+    from kdsweep.core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=data.num_classes, width=0.25).eval()
+    ckpt = tmp_path / "student.pt"
+    torch.save({"arch": "resnet8", "width": 0.25, "num_classes": data.num_classes, "state_dict": model.state_dict()},
+               ckpt)
+    run_id = rec.start(RunInfo("distilled", "k9", {"arch": "resnet8", "width": 0.25, "seed": 0, "alpha": 0.5},
+                               {"study": "s3", "trial": "0", "seed": "0"}))
+    rec.finish(run_id, {"final_test_acc": 0.25, "final_train_acc": 0.5, "final_epoch": 2}, ckpt)
+    return run_id, model
+
+
+def test_study_experiment_is_marked_for_model_development(data_recorder):
+    exp = MlflowClient(data_recorder.uri).get_experiment(data_recorder.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert data_recorder.runs_url is None  # a local store has no UI page to print
+    from kdsweep.tracking.logger import runs_url
+
+    assert runs_url("http://127.0.0.1:5000/", "7").startswith("http://127.0.0.1:5000/#/experiments/7/runs")
+
+
+def test_run_logs_its_data_splits_as_inputs(data_recorder, kd_data, tmp_path):
+    run_id, _ = finished_student(data_recorder, kd_data, tmp_path)
+    run = MlflowClient(data_recorder.uri).get_run(run_id)
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"synthetic-train", "synthetic-test"}  # no validation split in this data yet
+    train = inputs["synthetic-train"]
+    assert train.dataset.digest == kd_data.identity[:36] and str(tmp_path) in train.dataset.source
+    assert '"num_rows": 192' in train.dataset.profile
+    assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "training"
+    # the parent run shows the study's data too
+    parent = MlflowClient(data_recorder.uri).get_run(data_recorder.parent_id)
+    assert {i.dataset.name for i in parent.inputs.dataset_inputs} == {"synthetic-train", "synthetic-test"}
+
+
+def test_validation_split_is_logged_when_the_data_has_one(kd_data, tmp_path):
+    from dataclasses import dataclass
+
+    from kdsweep.study.recorder import describe_data
+
+    @dataclass
+    class WithValidation:  # the attributes a validation split brings (issue 13): labels and own identity
+        name = kd_data.name
+        identity = kd_data.identity
+        num_classes = kd_data.num_classes
+        mean, std = kd_data.mean, kd_data.std
+        train_y = kd_data.train_y[:150]
+        val_y = kd_data.train_y[150:]
+        val_identity = "0123456789abcdef-val"
+        test_x, test_y = kd_data.test_x, kd_data.test_y
+
+    splits = describe_data(WithValidation(), tmp_path)["splits"]
+    assert [(s["split"], s["rows"]) for s in splits] == [("train", 150), ("validation", 42), ("test", 64)]
+    assert splits[1]["digest"] == "0123456789abcdef-val" and splits[0]["digest"] == kd_data.identity
+
+
+def test_final_weights_are_a_logged_model_with_the_final_metrics(data_recorder, kd_data, tmp_path):
+    import mlflow.pyfunc
+
+    run_id, model = finished_student(data_recorder, kd_data, tmp_path)
+    client = MlflowClient(data_recorder.uri)
+    found = client.search_logged_models([data_recorder.experiment_id], filter_string="metrics.final_test_acc > 0.2")
+    assert [m.source_run_id for m in found] == [run_id]
+    logged = found[0]
+    assert logged.name == "distilled-t0-s0" and logged.tags["role"] == "distilled"
+    assert str(logged.status).endswith("READY") and logged.params["alpha"] == "0.5"
+    metrics = {m.key: m for m in logged.metrics}
+    assert metrics["final_test_acc"].value == 0.25 and metrics["final_test_acc"].dataset_name == "synthetic-test"
+    run = client.get_run(run_id)
+    assert run.data.metrics["final_test_acc"] == 0.25  # still the run's metric, as the report reads it
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/student.pt"]  # resume
+
+    # MLflow's own loader: raw uint8 images in, the model's logits out
+    import mlflow
+
+    mlflow.set_tracking_uri(data_recorder.uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    logits = loaded.predict(kd_data.test_x.numpy())
+    mean = torch.tensor(kd_data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(kd_data.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = model((kd_data.test_x.float() / 255 - mean) / std)
+    assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+
+
+def test_system_metrics_are_sampled_while_a_run_is_open(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own setting
+    rec = MlflowRecorder(f"sqlite:///{tmp_path}/mlflow.db", artifacts=str(tmp_path / "artifacts"),
+                         workdir=tmp_path / "work", system_metrics=True)
+    rec.begin_study("s4", {"spec": {}})
+    run_id = rec.start(RunInfo("teacher", "k5", {"arch": "resnet8", "width": 1.0, "seed": 0}))
+    time.sleep(1.5)
+    rec.finish(run_id, {"final_test_acc": 0.5, "final_epoch": 1}, None)
+    metrics = MlflowClient(rec.uri).get_run(run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
+    # off by default for a local store
+    assert MlflowRecorder(f"sqlite:///{tmp_path}/other.db").system_metrics is False

@@ -6,7 +6,7 @@ report's numbers are checked against what MLflow holds.
 
 from __future__ import annotations
 
-import base64
+import json
 import re
 import statistics
 from pathlib import Path
@@ -130,13 +130,17 @@ def test_html_report_embeds_the_plots(work):
     proc = report(work, "pareto", "--format", "html", "--out", str(out))
     assert proc.exit_code == 0, proc.output
     text = out.read_text()
-    names = re.findall(r"<img alt='([a-z_]+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", text)
-    found = {n for n, _ in names}
-    assert {"accuracy_per_epoch", "accuracy_vs_params_kd", "loss_terms_best_trial", "pareto_front", "optuna_history",
-            "optuna_parallel", "optuna_pareto"} <= found
-    assert all(base64.b64decode(data).startswith(b"\x89PNG") for _, data in names)
+    charts = set(re.findall(r"<figure class='chart' data-name='([a-z_]+)'>", text))
+    assert {"accuracy_per_epoch", "accuracy_vs_params_kd", "pareto_front", "optuna_history",
+            "optuna_parallel", "optuna_pareto"} <= charts
+    # self-contained: plotly.js embedded once, nothing fetched from elsewhere
+    assert text.count("plotly.js v") == 1
+    assert "<script src=" not in text and "<link " not in text
+    # a figure with a chart is not repeated as a PNG; the others (loss terms, gains) are PNGs
+    pngs = set(re.findall(r"<img alt='([a-z_]+)'", text))
+    assert not pngs & charts and "loss_terms_best_trial" in pngs
     # 3 trials are too few for importances: said, not drawn
-    assert "optuna_importances" not in found and "needs at least 4 finished trials" in text
+    assert "optuna_importances" not in charts and "needs at least 4 finished trials" in text
 
 
 def test_study_run_logged_report_and_plots_to_its_parent_run(work):
@@ -174,7 +178,7 @@ def test_compare_html_has_per_role_plots(work):
     proc = report(work, "--compare", "pareto", "ema", "--format", "html", "--out", str(out))
     assert proc.exit_code == 0, proc.output
     assert {"compare_teacher", "compare_baseline", "compare_distilled"} <= set(
-        re.findall(r"<img alt='([a-z_]+)'", out.read_text()))
+        re.findall(r"<figure class='chart' data-name='([a-z_]+)'>", out.read_text()))
 
 
 @pytest.mark.parametrize("args", [("pareto", "ema"), ("--compare", "pareto"), ("nosuch",),
@@ -193,20 +197,21 @@ def test_register_best_student_in_the_model_registry(work):
     version = c.get_model_version("kd-best", "1")
     run = c.get_run(version.run_id)
     assert run.data.tags["role"] == "distilled" and version.tags["study"] == "pareto"
-    # the registered model (a torch.export graph), loaded back through MLflow, scores what the
-    # run logged on the same normalised test images (one image of slack for the memory layout)
-    import mlflow.pytorch
-    import torch
+    # the version is the run's own LoggedModel: loaded back with MLflow's loader, it scores what
+    # the run logged on the raw uint8 test images (one image of slack for the memory layout)
+    import mlflow.pyfunc
 
-    from kdsweep.core.data import DeviceLoader, load_dataset
+    from kdsweep.core.data import load_dataset
 
+    logged = c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert len(logged) == 1 and version.source == logged[0].artifact_location
+    versions = json.loads(c.get_logged_model(logged[0].model_id).tags["mlflow.modelVersions"])
+    assert {"name": "kd-best", "version": 1} in versions
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
-    model = mlflow.pytorch.load_model("models:/kd-best/1")
+    model = mlflow.pyfunc.load_model("models:/kd-best/1")
     data = load_dataset("cifar10", work / "data")
-    loader = DeviceLoader(data.test_x, data.test_y, batch_size=16, device="cpu", mean=data.mean, std=data.std,
-                          train=False)
-    with torch.no_grad():
-        correct = sum(int((model(b.x).argmax(1) == b.y).sum()) for b in loader.epoch(0))
+    logits = model.predict(data.test_x.numpy())
+    correct = int((logits.argmax(1) == data.test_y.numpy()).sum())
     assert correct / len(data.test_y) == pytest.approx(run.data.metrics["final_test_acc"], abs=1 / 50 + 1e-9)
     again = report(work, "pareto", "--register", "kd-best")  # the same name again: a new version
     assert "registered kd-best version 2" in again.stderr

@@ -133,7 +133,7 @@ def test_yonsei_teacher_alone_then_students_from_its_checkpoint(work, data):
     assert (distilled.data.params["optimizer"], distilled.data.params["schedule"]) == ("adam", "cosine")
     spec = yaml.safe_load(CliRunner().invoke(main, ["study", "validate", str(REPO / "studies/yonsei-resnet18.yaml"),
                                                     "--data-root", str(data["cifar10"])]).output.rsplit("#", 1)[0])
-    assert (spec["student"]["temperature"], spec["student"]["alpha"]) == (20.0, 0.9)  # T 20, 1 - lambda 0.1
+    assert (spec["student"]["kd"]["temperature"], spec["student"]["kd"]["alpha"]) == (20.0, 0.9)  # T 20, 1 - lambda 0.1
 
 
 def test_imagewoof_image_folder_with_torchvision_resnet18(work, data):

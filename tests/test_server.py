@@ -71,8 +71,10 @@ def test_server_start_serves_a_study_and_stops_cleanly(tmp_path, subset_root):
         # artifacts travel through the server (--serve-artifacts) into --artifacts-destination
         assert distilled.info.artifact_uri.startswith("mlflow-artifacts:")
         assert [f.path for f in client.list_artifacts(distilled.info.run_id, "checkpoint")]
-        stored = list((tmp_path / "mlruns" / "artifacts").rglob("*.pt"))
+        stored = list((tmp_path / "mlruns" / "artifacts").rglob("checkpoint/*.pt"))
         assert len(stored) == 3  # teacher, baseline, distilled checkpoints on the server's side
+        models = list((tmp_path / "mlruns" / "artifacts").rglob("MLmodel"))
+        assert len(models) == 3  # and the same weights as the runs' logged models
         assert (tmp_path / "mlruns" / "mlflow.db").is_file()  # the default SQLite backend store
     finally:
         server.send_signal(signal.SIGTERM)  # as `kill` or Ctrl-C would

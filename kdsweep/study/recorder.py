@@ -6,12 +6,17 @@ with nothing (``NullRecorder``), or with a test double.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kdsweep.core.data import ImageSet
 from kdsweep.core.summary import RunSummary
 from kdsweep.core.trainer import EpochMetrics
+
+# the splits a run reads, in order, each with the ImageSet attribute prefixes that hold it
+# (``<prefix>_y`` labels, optional ``<prefix>_identity``); a split the data lacks is left out
+SPLITS = (("train", ("train",)), ("validation", ("val", "validation")), ("test", ("test",)))
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,33 @@ class RunInfo:
     params: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # reopen this run (a retried trial) instead of starting one
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """One split of the study's data, as a tracker records it (an MLflow input dataset)."""
+
+    dataset: str  # registry name, e.g. cifar10
+    split: str  # train | validation | test
+    digest: str  # the split's own identity where it has one (validation indices), else the data identity
+    source: str  # the data root
+    rows: int
+
+
+def describe_data(data: ImageSet, root: Path | str) -> dict[str, Any]:
+    """What a tracker needs to know of the data: its splits, classes and normalisation (plain values)."""
+    splits = []
+    for split, prefixes in SPLITS:
+        for prefix in prefixes:
+            labels = getattr(data, f"{prefix}_y", None)
+            if labels is not None:
+                digest = (getattr(data, f"{prefix}_digest", None) or getattr(data, f"{prefix}_identity", None)
+                          or data.identity)
+                splits.append(asdict(DataSplit(data.name, split, digest, str(Path(root).resolve()), len(labels))))
+                break
+    return {"name": data.name, "identity": data.identity, "num_classes": data.num_classes,
+            "image_size": int(data.test_x.shape[-1]), "mean": list(data.mean), "std": list(data.std),
+            "splits": splits}
 
 
 class Recorder(Protocol):

@@ -24,7 +24,7 @@ from kdsweep.core.split import hold_out
 from kdsweep.study.confirm import Confirmation, confirm
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.objective import Objective, StopStudy
-from kdsweep.study.recorder import Recorder
+from kdsweep.study.recorder import Recorder, describe_data
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.storage import HEARTBEAT_SECONDS, open_storage
 from kdsweep.core.checkpoint import weights_payload
@@ -104,7 +104,8 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
     device = str(resolve_device(spec.device))
     data = load_data(spec) if data is None else data
     with stores.single_writer(spec.tracking_uri, field="tracking_uri"):
-        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity,
+                                      "data": describe_data(data, spec.data.root)})
         teacher = get_teacher(spec, data, recorder, workdir, device)
         recorder.end_study({"teacher_test_acc": teacher.summary.final_test_acc})
     cfg = space.teacher_config(spec, device)
@@ -148,7 +149,8 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     with locks.hold("open-storage"):  # workers starting together on an empty database: one creates the tables
         study = open_study(spec, heartbeat=heartbeat)
     with locks.hold(f"begin:{spec.name}"):  # one parent run, one experiment, however many workers start
-        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity})
+        recorder.begin_study(spec.name, {"spec": spec.model_dump(mode="json"), "data_identity": data.identity,
+                                      "data": describe_data(data, spec.data.root)})
     with locks.hold(f"recover:{spec.name}"):  # trials of killed or interrupted runs: fail, close, retry
         recovery.recover(study, recorder)
     with locks.hold(f"first-trials:{spec.name}"):  # each searched method once, queued by one worker only

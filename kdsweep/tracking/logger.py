@@ -25,6 +25,10 @@ from kdsweep.stores import DEFAULT_ARTIFACTS, sqlite_file
 from kdsweep.study.recorder import FinishedRun, RunInfo
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+# MLflow's own tag for a model-development experiment (not GenAI). MLflow 3.17's UI still opens a bare
+# experiment URL on its GenAI overview while its global switch says GenAI: ``runs_url`` opens the runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SYSTEM_METRICS_SECONDS = 5  # sampling interval of CPU, memory and GPU use (MLflow's default is 10)
 
 # bounded retries: a lost server fails a trial in about a minute instead of hanging for long
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
@@ -94,17 +98,37 @@ class Guarded:
         return call
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def runs_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The MLflow UI's runs page of an experiment, when the store is a server; ``workflowType`` opens
+    the UI's "Model training" side (Runs, Models, Model registry) instead of its GenAI one."""
+    if not is_server(tracking_uri):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 class MlflowRecorder:
-    def __init__(self, tracking_uri: str, *, artifacts: str = DEFAULT_ARTIFACTS,
-                 workdir: Path = Path("mlruns")) -> None:
+    """Records runs with explicit ids. Per run: its params, one input per data split, metrics per
+    epoch, the checkpoint artifact, and the final weights as a LoggedModel holding the final
+    metrics; with ``system_metrics`` (default: on against a server) CPU, memory and GPU use too."""
+
+    def __init__(self, tracking_uri: str, *, artifacts: str = DEFAULT_ARTIFACTS, workdir: Path = Path("mlruns"),
+                 system_metrics: bool | None = None) -> None:
         quiet_mlflow_logs()
         check_reachable(tracking_uri)
         self.uri = tracking_uri
         self._client = None
         self.artifacts = artifacts
         self.workdir = workdir
+        self.system_metrics = is_server(tracking_uri) if system_metrics is None else system_metrics
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
+        self.data: dict[str, Any] | None = None  # describe_data() of the study's data, from begin_study
+        self._runs: dict[str, tuple[str, dict[str, Any]]] = {}  # run id -> (role, params), for finish()
+        self._monitors: dict[str, Any] = {}  # run id -> its SystemMetricsMonitor
 
     @property
     def client(self):
@@ -125,13 +149,21 @@ class MlflowRecorder:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            for key, value in EXPERIMENT_KIND.items():  # an experiment made before kdsweep set it
+                if exp.tags.get(key) != value:
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         root = local_artifact_root(self.uri, self.artifacts)
         location = f"{root}/{name}" if root else None
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+
+    @property
+    def runs_url(self) -> str | None:
+        return runs_url(self.uri, self.experiment_id) if self.experiment_id else None
 
     def begin_study(self, study_name: str, params: dict[str, Any]) -> None:
         self.experiment_id = self.experiment(study_name)
+        self.data = params.get("data")
         found = self.client.search_runs([self.experiment_id], "tags.role = 'study'", max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
@@ -140,6 +172,7 @@ class MlflowRecorder:
         run = self.client.create_run(self.experiment_id, run_name=study_name,
                                      tags={"role": "study", "study": study_name})
         self.parent_id = run.info.run_id
+        self._log_inputs(self.parent_id)
         spec = params.get("spec", {})
         flat = {"n_trials": spec.get("n_trials"), "sampler": spec.get("sampler"), "pruner": spec.get("pruner"),
                 "objective": spec.get("objective"), "seeds": spec.get("seeds"),
@@ -196,6 +229,7 @@ class MlflowRecorder:
             # a retried trial reopens its run: params stay as logged; tags follow the new trial number
             self.client.update_run(run_id, status="RUNNING")
             self._log_tags(run_id, info.tags)
+            self._opened(run_id, info)
             return run_id
         tags = {"role": info.role, "config_hash": info.key, **info.tags}
         if self.parent_id:
@@ -204,7 +238,31 @@ class MlflowRecorder:
             else f"{info.role}-{info.params.get('arch')}-x{info.params.get('width')}-s{info.params.get('seed')}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._log_params(run.info.run_id, info.params)
+        self._log_inputs(run.info.run_id)
+        self._opened(run.info.run_id, info)
         return run.info.run_id
+
+    def _opened(self, run_id: str, info: RunInfo) -> None:
+        self._runs[run_id] = (info.role, dict(info.params))
+        if self.system_metrics and run_id not in self._monitors:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            except ImportError as exc:  # psutil missing: the runs go on without
+                logging.getLogger(__name__).warning("system metrics off: %s", exc)
+                self.system_metrics = False
+                return
+
+            # its own thread and client; resume_logging continues the steps of a reopened run
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=True,
+                                           tracking_uri=self.uri)
+            monitor.start()
+            self._monitors[run_id] = monitor
+
+    def _closed(self, run_id: str) -> None:
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            with held():
+                monitor.finish()
 
     def _unfinished(self, info: RunInfo) -> str | None:
         """A teacher or baseline run of the same key that was interrupted: continue it."""
@@ -220,12 +278,26 @@ class MlflowRecorder:
         self._log_metrics(run_id, metrics.as_dict(), step=metrics.epoch)
 
     def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
-        self._log_metrics(run_id, summary.as_metrics(), step=summary.final_epoch)
+        self._closed(run_id)
+        role, params = self._runs.pop(run_id, (None, {}))
+        summary = summary.as_metrics()  # the typed record, as the flat metrics MLflow holds
         if checkpoint is not None:
             self.client.log_artifact(run_id, str(checkpoint), artifact_path="checkpoint")
+        from kdsweep.tracking.logged_models import final_metrics, log_final_model
+
+        if checkpoint is not None and role is not None and "arch" in params and self.data:
+            name = self.client.get_run(run_id).info.run_name  # the model says what it is, as its run does
+            log_final_model(self.client, experiment_id=self.experiment_id, run_id=run_id, name=name, role=role,
+                            params=params, data=self.data, summary=summary, checkpoint=checkpoint)
+        else:  # nothing to load as a model: the metrics alone, still tied to their data split
+            metrics = final_metrics(summary, self.data, model_id=None, step=int(summary.get("final_epoch", 0)))
+            if metrics:
+                self.client.log_batch(run_id, metrics=metrics)
         self.client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:
+        self._closed(run_id)
+        self._runs.pop(run_id, None)
         self.client.set_tag(run_id, "failure_reason", reason[:5000])
         self.client.set_terminated(run_id, "KILLED" if killed else "FAILED")
 
@@ -236,6 +308,14 @@ class MlflowRecorder:
         items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items() if v is not None]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _log_inputs(self, run_id: str) -> None:
+        """The study's data splits (train, validation where there is one, test) as the run's inputs."""
+        from kdsweep.tracking.logged_models import dataset_inputs
+
+        inputs = dataset_inputs(self.data)
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def _log_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -14,6 +14,7 @@ from kdsweep.tracking import render
 from kdsweep.tracking.report import Report, client_for, load_optuna_study, load_report
 
 PLOTS_MISSING = "plots need matplotlib: pip install 'kdsweep[plots]'"
+CHARTS_MISSING = "interactive plots need plotly: pip install 'kdsweep[plots]'"
 
 
 def _have_matplotlib() -> bool:
@@ -22,6 +23,25 @@ def _have_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _have_plotly() -> bool:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def varied_params(report: Report) -> list[tuple[str, list, list[str]]]:
+    """Per method: its trials, and the params (its own and the recipe's) those trials varied."""
+    out = []
+    for method in report.methods:
+        trials = [t for t in report.trials if t.method == method]
+        varied = sorted(k for k in {k for t in trials for k in t.params}
+                        if (k.startswith(f"{method}.") or "." not in k) and len({t.params.get(k) for t in trials}) > 1)
+        out.append((method, trials, varied))
+    return out
 
 
 def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes], list[str]]:
@@ -44,10 +64,7 @@ def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes],
         "pareto_front": plots.pareto_plot([(t.num_params, t.selected_by, t.on_front, f"trial {t.trial}")
                                            for t in report.trials]),
     }
-    for method in report.methods:  # accuracy against each param the trials of a method varied
-        trials = [t for t in report.trials if t.method == method]
-        varied = sorted(k for k in {k for t in trials for k in t.params}
-                        if (k.startswith(f"{method}.") or "." not in k) and len({t.params.get(k) for t in trials}) > 1)
+    for method, trials, varied in varied_params(report):  # accuracy against each param a method's trials varied
         candidates[f"accuracy_vs_params_{method}"] = plots.param_scatter([(t.params, t.test_acc) for t in trials],
                                                                         varied)
     figures = {k: v for k, v in candidates.items() if v is not None}
@@ -73,6 +90,57 @@ def compare_figures(reports: list[Report]) -> tuple[dict[str, bytes], list[str]]
     return figures, []
 
 
+def report_charts(report: Report, optuna_study=None) -> tuple[dict[str, object], list[str]]:
+    """The interactive twins of ``report_figures`` (plotly), same names; the html shows these."""
+    if not _have_plotly():
+        return {}, [CHARTS_MISSING]
+    from kdsweep.tracking import charts
+
+    teacher, baseline, distilled = report.rows[:3]
+    candidates = {
+        "accuracy_per_epoch": charts.epoch_curves(
+            {"teacher": teacher.curves, "baseline student": baseline.curves, distilled.label: distilled.curves},
+            title=f"{report.study}: test accuracy per epoch"),
+        "pareto_front": charts.pareto_plot([(t.num_params, t.selected_by, t.on_front, f"trial {t.trial}")
+                                            for t in report.trials]),
+    }
+    for method, trials, varied in varied_params(report):
+        candidates[f"accuracy_vs_params_{method}"] = charts.param_scatter(
+            [(t.trial, t.params, t.test_acc) for t in trials], varied)
+    figures = {k: v for k, v in candidates.items() if v is not None}
+    notes = []
+    if optuna_study is not None:
+        more, notes = charts.optuna_charts(optuna_study)
+        figures.update(more)
+    return figures, notes
+
+
+def compare_charts(reports: list[Report]) -> dict[str, object]:
+    if not _have_plotly():
+        return {}
+    from kdsweep.tracking import charts
+
+    out = {}
+    for i, role in enumerate(("teacher", "baseline", "distilled")):
+        fig = charts.epoch_curves({r.study: r.rows[i].curves for r in reports},
+                                  title=f"{role}: test accuracy per epoch")
+        if fig is not None:
+            out[f"compare_{role}"] = fig
+    return out
+
+
+def build_html(study: str, tracking_uri: str, storage: str | None, *, client=None):
+    """(report, PNG figures, html page) of one study: the page shows the plotly charts, and the PNG
+    of any figure without one."""
+    report = load_report(study, tracking_uri, client=client)
+    optuna_study, why = load_optuna_study(study, storage)
+    figures, notes = report_figures(report, optuna_study)
+    charts, chart_notes = report_charts(report, optuna_study)
+    notes = ([f"Optuna plots skipped: {why}"] if why else []) + notes
+    notes += [n for n in chart_notes if n not in notes and n.split(":")[0] not in figures]
+    return report, figures, render.render_html(report, figures, notes, charts=charts)
+
+
 def build(study: str, tracking_uri: str, storage: str | None, *, client=None):
     """(report, figures, notes) of one study; Optuna plots when its storage can be opened."""
     report = load_report(study, tracking_uri, client=client)
@@ -92,12 +160,12 @@ def parent_run(client, study: str) -> str:
 def publish(study: str, tracking_uri: str, storage: str | None) -> tuple[str, list[str]]:
     """Log report.md, report.html and plots/*.png to the study's parent run; (run id, files)."""
     client = client_for(tracking_uri)
-    report, figures, notes = build(study, tracking_uri, storage, client=client)
+    report, figures, page = build_html(study, tracking_uri, storage, client=client)
     run_id = parent_run(client, study)
     with tempfile.TemporaryDirectory(prefix="kdsweep-report-") as tmp:
         folder = Path(tmp)
         (folder / "report.md").write_text(render.render_markdown(report))
-        (folder / "report.html").write_text(render.render_html(report, figures, notes))
+        (folder / "report.html").write_text(page)
         (folder / "plots").mkdir()
         for name, png in figures.items():
             (folder / "plots" / f"{name}.png").write_bytes(png)
@@ -106,76 +174,41 @@ def publish(study: str, tracking_uri: str, storage: str | None) -> tuple[str, li
     return run_id, files
 
 
-def _image_size(client, run) -> int:
-    """The side of the images the study trained on, from the spec its parent run logged."""
-    import json
-
-    parent = run.data.tags.get("mlflow.parentRunId")
-    data = {}
-    if parent:
-        with tempfile.TemporaryDirectory(prefix="kdsweep-spec-") as tmp:
-            try:
-                spec = json.loads(Path(client.download_artifacts(parent, "spec.json", tmp)).read_text())
-                data = spec.get("spec", {}).get("data", {})
-            except (OSError, ValueError):
-                data = {}
-    from kdsweep.core.datasets import DEFAULT_IMAGE_SIZE
-
-    return int(data.get("image_size") or (DEFAULT_IMAGE_SIZE if data.get("dataset") == "imagefolder" else 32))
-
-
 def register_best(report: Report, tracking_uri: str, name: str, *, client=None):
     """Register the best distilled student (best trial, best seed) as a new version of model ``name``.
 
-    The weights are logged beside the run as an MLflow PyTorch model (``registered_model/``, a
-    torch.export graph); inputs are float NCHW images of the study's size, normalised with the
-    training split's per-channel mean and std.
+    The version is the run's LoggedModel (``models:/<model_id>``, logged when the run finished):
+    a pyfunc taking uint8 NCHW images of the study's size and returning logits.
     """
-    import mlflow.pytorch
-    import numpy as np
-    import torch
     from mlflow.exceptions import MlflowException
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
-    from kdsweep.core.checkpoint import load_checkpoint
-    from kdsweep.core.checkpoint import load_weights
+    from kdsweep.tracking.logged_models import model_of_run
 
     client = client or client_for(tracking_uri)
     run_id = report.best_run_id
     run = client.get_run(run_id)
-    files = [f.path for f in client.list_artifacts(run_id, "checkpoint") if f.path.endswith(".pt")]
-    if not files:
-        raise TrackingError(f"run {run_id}: no checkpoint artifact to register")
-    with tempfile.TemporaryDirectory(prefix="kdsweep-register-") as tmp:
-        path = Path(client.download_artifacts(run_id, files[0], tmp))
-        payload = load_checkpoint(path)
-        model = load_weights(path, payload["arch"], payload["width"], payload["num_classes"]).eval()
-        # MLflow's default format is torch.export's pt2 (a traced graph, no pickled code). It traces
-        # with an example: two images (batch > 1 keeps the batch dynamic) of the study's size, which
-        # stays fixed (a dynamic height and width trace ~15x slower, for sizes never trained on)
-        size = _image_size(client, run)
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size))]),
-                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, payload["num_classes"]))]))
-        example = np.zeros((2, 3, size, size), dtype=np.float32)
-        local = Path(tmp) / "registered_model"
-        # the graph needs torch alone; stating it skips MLflow's requirement inference (a subprocess
-        # that loads the model again)
-        torch_version = torch.__version__.split("+")[0]
-        mlflow.pytorch.save_model(model, str(local), signature=signature, input_example=example,
-                                  pip_requirements=[f"torch=={torch_version}"])
-        client.log_artifacts(run_id, str(local), artifact_path="registered_model")
+    model = model_of_run(client, run.info.experiment_id, run_id)
+    if model is None:
+        raise TrackingError(f"run {run_id}: no logged model to register (a run from before kdsweep logged "
+                            "models; rerun its trial in a new study)")
     try:
         client.create_registered_model(name, description="kdsweep distilled students")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise TrackingError(f"cannot create registered model {name!r}: {str(exc).splitlines()[0]}") from None
     acc = run.data.metrics["final_test_acc"]
+    params = run.data.params
     version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/registered_model", run_id=run_id,
+        name, source=model.artifact_location, run_id=run_id, model_id=model.model_id,
         tags={"study": report.study, "trial": run.data.tags.get("trial", ""), "seed": run.data.tags.get("seed", ""),
               "final_test_acc": f"{acc:.4f}"},
-        description=(f"{payload['arch']} x{payload['width']} distilled in study {report.study}, trial "
-                     f"{run.data.tags.get('trial')}, final test accuracy {acc:.4f}; inputs: float NCHW images "
-                     "normalised with the training split's per-channel mean and std"))
+        description=(f"{params.get('arch')} x{params.get('width')} distilled in study {report.study}, trial "
+                     f"{run.data.tags.get('trial')}, final test accuracy {acc:.4f}; inputs: uint8 NCHW images "
+                     "as the data set stores them (the model normalises them); outputs: logits"))
+    # as mlflow.register_model does: the LoggedModel lists its versions (the UI links them)
+    import json
+
+    listed = json.loads(client.get_logged_model(model.model_id).tags.get("mlflow.modelVersions", "[]"))
+    client.set_logged_model_tags(model.model_id, {"mlflow.modelVersions": json.dumps(
+        listed + [{"name": version.name, "version": version.version}])})
     return version, acc

@@ -1,4 +1,8 @@
-"""Reports as markdown, csv or html (html carries the plots inline as PNG data URIs).
+"""Reports as markdown, csv or html.
+
+The html page is one self-contained file that works offline: its plots are plotly charts (the
+plotly.js they need embedded once, no CDN), a figure without a chart is its PNG as a data URI,
+and a click on a table's header sorts the table by that column.
 
 A comparison puts several studies side by side (``kdsweep report --compare A B``): the same three
 rows, each study's mean +- std, and the difference to the first study with a note when it is no
@@ -111,14 +115,24 @@ def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
 
 
 def _html_table(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    head = "".join(f"<th title='sort'>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html_figures(figures: dict[str, bytes] | None, notes: list[str] | None = None) -> list[str]:
+def _html_figures(figures: dict[str, bytes] | None, notes: list[str] | None = None,
+                  charts: dict[str, object] | None = None) -> list[str]:
+    """Each figure once: its plotly chart where there is one, else its PNG."""
+    charts = charts or {}
     parts = []
+    for name, fig in charts.items():
+        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{name}",
+                          config={"displaylogo": False, "responsive": True})
+        parts.append(f"<figure class='chart' data-name='{html.escape(name)}'>{div}"
+                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
     for name, png in (figures or {}).items():
+        if name in charts:
+            continue
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{html.escape(name)}</figcaption></figure>")
@@ -128,15 +142,54 @@ def _html_figures(figures: dict[str, bytes] | None, notes: list[str] | None = No
 
 _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
           "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,"
-          "th:first-child{text-align:left}img{max-width:100%}.note{color:#666}</style>")
+          "th:first-child{text-align:left}img{max-width:100%}.note{color:#666}"
+          "table.sortable th{cursor:pointer;user-select:none;background:#f4f4f4}"
+          "th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}"
+          "figure{margin:1em 0}</style>")
+
+# click a header: sort by that column, numbers by value ("45.20 +- 1.10" by 45.20, "1,234" as 1234),
+# "-" last; a second click reverses
+_SORT_JS = """<script>
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var asc = th.getAttribute('aria-sort') !== 'ascending';
+      table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+      th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+      var key = function (row) {
+        var text = row.cells[col].textContent.trim(), num = parseFloat(text.replace(/,/g, ''));
+        return isNaN(num) ? text : num;
+      };
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b), missing = (x === '-') - (y === '-');
+        if (missing) return missing;
+        var c = (typeof x === 'number' && typeof y === 'number') ? x - y : String(x).localeCompare(String(y));
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+</script>"""
 
 
-def _page(title: str, parts: list[str]) -> str:
+def _plotly_js(charts: dict[str, object] | None) -> str:
+    """plotly.js, once per page and only when it has charts: the page then works offline."""
+    if not charts:
+        return ""
+    from plotly.offline import get_plotlyjs
+
+    return f"<script>{get_plotlyjs()}</script>"
+
+
+def _page(title: str, parts: list[str], charts: dict[str, object] | None = None) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
-            "</head><body>" + "".join(parts) + "</body></html>\n")
+            f"{_plotly_js(charts)}</head><body>" + "".join(parts) + _SORT_JS + "</body></html>\n")
 
 
-def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: list[str] | None = None) -> str:
+def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: list[str] | None = None,
+                *, charts: dict[str, object] | None = None) -> str:
     parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", f"<p><b>{html.escape(report.headline)}</b></p>",
              _html_table(HEADER, table(report)),
              f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>",
@@ -147,7 +200,7 @@ def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: 
              "<h2>Top search trials (selected on validation)</h2>", _html_table(*trial_table(report.top))]
     if report.pareto:
         parts += ["<h2>Pareto front: accuracy vs student parameters</h2>", _html_table(*trial_table(report.pareto))]
-    return _page(f"kdsweep report: {report.study}", parts + _html_figures(figures, notes))
+    return _page(f"kdsweep report: {report.study}", parts + _html_figures(figures, notes, charts), charts)
 
 
 RENDERERS = {"md": render_markdown, "csv": render_csv, "html": render_html}
@@ -217,11 +270,11 @@ def compare_csv(reports: list[Report], figures: dict[str, bytes] | None = None) 
 
 
 def compare_html(reports: list[Report], figures: dict[str, bytes] | None = None,
-                 notes: list[str] | None = None) -> str:
+                 notes: list[str] | None = None, *, charts: dict[str, object] | None = None) -> str:
     names = " vs ".join(r.study for r in reports)
     parts = [f"<h1>kdsweep comparison: {html.escape(names)}</h1>", _html_table(*compare_table(reports)),
              f"<p>{html.escape(COMPARE_TEXT)}</p>", "<h2>Best settings</h2>", _html_table(*best_settings(reports))]
-    return _page(f"kdsweep comparison: {names}", parts + _html_figures(figures, notes))
+    return _page(f"kdsweep comparison: {names}", parts + _html_figures(figures, notes, charts), charts)
 
 
 COMPARE_RENDERERS = {"md": compare_markdown, "csv": compare_csv, "html": compare_html}
