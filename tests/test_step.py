@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import kd_config
-from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, synthetic_imageset
 from kdsweep.core.loader import EpochDraws
 from kdsweep.core.models import build_model

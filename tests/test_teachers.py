@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from conftest import kd_config
-from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, num_views, synthetic_imageset
 from kdsweep.core.models import build_model
 from kdsweep.core.precision import teacher_bf16
