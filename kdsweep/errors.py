@@ -30,3 +30,11 @@ class TrackingError(KdsweepError):
 
 class StudyError(KdsweepError):
     """A study cannot go on (e.g. every trial failed, or the storage refuses it)."""
+
+
+class StorageLostError(StudyError):
+    """The Optuna storage (PostgreSQL) went away mid-study for longer than kdsweep waits for it."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written: the disk (or the file size limit) is full."""

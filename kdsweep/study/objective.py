@@ -21,7 +21,7 @@ from kdsweep.core.data import ImageSet
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import TrainResult, train
-from kdsweep.errors import KdsweepError, TrackingError
+from kdsweep.errors import DiskFullError, KdsweepError, StorageLostError, TrackingError
 from kdsweep.study import space
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.online import OnlineTeacherRun
@@ -29,6 +29,11 @@ from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.tables import describe_source
 from kdsweep.study.teacher import Trained, obtain, weights_payload
+
+
+# a store gone or full: every later trial would fail the same way, so the study stops and the trial
+# is retried (from its last checkpoint) when the same command runs again
+STORE_FAILURES = (TrackingError, StorageLostError, DiskFullError)
 
 
 class StopStudy(KeyboardInterrupt):
@@ -113,9 +118,11 @@ class Objective:
         except KeyboardInterrupt:
             mark_failed(trial, "interrupted (Ctrl-C or SIGTERM) before the trial finished", interrupted=True)
             raise
-        except TrackingError as exc:
-            # the server is gone: every later trial would fail the same way, so stop the study
-            mark_failed(trial, str(exc), interrupted=True)
+        except STORE_FAILURES as exc:
+            try:
+                mark_failed(trial, str(exc), interrupted=True)
+            except StorageLostError:
+                pass  # left RUNNING: the rerun (dead process) or another worker (heartbeat) fails it
             raise StopStudy(exc) from exc
         except Exception as exc:
             self._free_cuda = isinstance(exc, torch.OutOfMemoryError)
@@ -180,8 +187,10 @@ class Objective:
         except TrackingError:
             raise  # the run cannot be closed on a server that is gone
         except BaseException as exc:
+            killed = isinstance(exc, (KeyboardInterrupt, StorageLostError, DiskFullError))  # resumed later
+            reason = str(exc) if isinstance(exc, KdsweepError) else describe(exc)
             for rid in [run_id] + ([online.run_id] if online else []):
-                self.recorder.fail(rid, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
+                self.recorder.fail(rid, reason, killed=killed)
             raise
         teacher_acc = online.finish(result) if online is not None else self.teacher.test_acc
         summary = result.summary()
