@@ -103,12 +103,6 @@ def test_mlflow_server_stopped_mid_trial_is_waited_for_and_the_study_completes(t
             time.sleep(0.5)
         server = launch(opts, wait=300)  # same port, same store: a restart
         assert proc.wait(timeout=300) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        server.stop()
-    server = launch(opts, wait=300)  # to read what was logged
-    try:
         text = log.read_text()
         assert f"MLflow server {server.url} is back; going on" in text and "Traceback" not in text
         (trial,) = optuna.load_study(study_name="outage", storage=storage).trials
@@ -116,6 +110,47 @@ def test_mlflow_server_stopped_mid_trial_is_waited_for_and_the_study_completes(t
         (run,) = distilled_runs(server.url, "outage")
         assert run.info.status == "FINISHED"
         # each epoch once: the call that met the stopped server ran again, nothing doubled
+        assert logged_epochs(server.url, run.info.run_id) == [1, 2, 3]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+
+
+def test_mlflow_server_gone_past_the_wait_stops_with_the_resume_line_and_the_rerun_logs_each_epoch_once(
+        tmp_path, subset_root):
+    from kdsweep.tracking.server import ServerOptions, launch
+
+    opts = ServerOptions(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path}/server/mlflow.db",
+                         artifacts_destination=str(tmp_path / "server" / "artifacts"), workers=1,
+                         log_file=tmp_path / "server" / "server.log")
+    server = launch(opts, wait=300)
+    spec = write_spec(tmp_path / "spec.yaml", subset_root, name="gone", n_trials=1, teacher=TEACHER,
+                      student=STUDENT, data={"dataset": "cifar10", "root": str(subset_root), "limit_per_file": 20})
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    log = tmp_path / "study.log"
+    proc = start(["study", "run", spec.name, "--tracking-uri", server.url], tmp_path, log,
+                 {"KDSWEEP_TRACKING_WAIT": "2"})
+    try:  # down after epoch 1 was checkpointed, before epoch 2's log: epoch 2 is checkpointed, never logged
+        while_paused(proc, lambda: training_past_epoch_1(storage, "gone"), server.stop, 600, log)
+        assert proc.wait(timeout=300) == 2, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    (error,) = [line for line in text.splitlines() if line.startswith("Error: ")]
+    assert "(waited 2 s for the server)" in error and "rerun the same command to resume" in error
+    resume = next(line for line in text.splitlines() if line.startswith("Resume with: "))
+    assert resume == f"Resume with: kdsweep study run spec.yaml --tracking-uri {server.url}"
+    server = launch(opts, wait=300)
+    try:
+        again = run_cli(*resume.split()[3:], cwd=tmp_path, timeout=600)
+        assert again.returncode == 0, again.stdout + again.stderr
+        first, retry = optuna.load_study(study_name="gone", storage=storage).trials
+        assert (first.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+        (run,) = distilled_runs(server.url, "gone")
+        assert run.info.run_id == retry.user_attrs["mlflow_run_id_seed0"] and run.info.status == "FINISHED"
+        # the epoch whose log met the stopped server was logged by the rerun (backfill), none twice
         assert logged_epochs(server.url, run.info.run_id) == [1, 2, 3]
     finally:
         server.stop()

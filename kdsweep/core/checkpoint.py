@@ -47,7 +47,7 @@ def save_checkpoint(obj: Any, path: Path) -> Path:
         if isinstance(exc, OSError) and exc.errno in FULL:
             kept = "the previous one is kept" if path.exists() else "none was written before"
             raise DiskFullError(f"{path}: {exc.strerror} while writing a {buffer.tell() / 1e6:.1f} MB checkpoint "
-                                f"({kept}); free space, then rerun to resume") from None
+                                f"({kept})") from None
         raise
     # fsync the folder so the rename itself survives a power loss
     dir_fd = os.open(path.parent, os.O_RDONLY)

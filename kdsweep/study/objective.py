@@ -192,6 +192,10 @@ class Objective:
             for rid in [run_id] + ([online.run_id] if online else []):
                 self.recorder.fail(rid, reason, killed=killed)
             raise
+        backfill = getattr(self.recorder, "backfill", None)
+        if result.resumed_from_epoch and backfill is not None:
+            # epochs trained before the resume whose log was lost (checkpointed, then killed or the server went)
+            backfill(run_id, result.history[:result.resumed_from_epoch])
         teacher_acc = online.finish(result) if online is not None else self.teacher.test_acc
         summary = result.summary()
         summary["delta_vs_baseline"] = summary["final_test_acc"] - base.test_acc

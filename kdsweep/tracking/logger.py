@@ -272,6 +272,12 @@ class MlflowRecorder:
     def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
         self._log_metrics(run_id, metrics.as_dict(), step=metrics.epoch)
 
+    def backfill(self, run_id: str, history: list[EpochMetrics]) -> None:
+        logged = {m.step for m in self.client.get_metric_history(run_id, "train_loss")}
+        for metrics in history:
+            if metrics.epoch not in logged:
+                self.log_epoch(run_id, metrics)
+
     def finish(self, run_id: str, summary: dict[str, float], checkpoint: Path | None) -> None:
         self._log_metrics(run_id, summary, step=int(summary.get("final_epoch", 0)))
         if checkpoint is not None:
