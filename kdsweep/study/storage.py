@@ -106,6 +106,10 @@ def _holding_every_call(cls: type[RDBStorage]) -> type[RDBStorage]:
     for name, fn in vars(BaseStorage).items():
         if callable(fn) and not name.startswith("_"):
             setattr(cls, name, reconnecting(name, holding(getattr(RDBStorage, name))))
+    # the heartbeat (BaseHeartbeat, not BaseStorage): a beat lost to a restart would end the heartbeat
+    # thread, and the other workers would fail a trial that is still training
+    for name in ("record_heartbeat", "_get_stale_trial_ids"):
+        setattr(cls, name, reconnecting(name, holding(getattr(RDBStorage, name))))
     return cls
 
 
