@@ -317,3 +317,21 @@ def test_disk_full_while_a_checkpoint_is_written_stops_cleanly_and_resumes(tmp_p
     tracking = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     # went on from epoch 1: epoch 2 (whose checkpoint failed) trained again, each epoch logged once
     assert logged_epochs(tracking, run_id) == [1, 2, 3]
+
+
+def test_only_a_lost_connection_is_waited_for_not_a_wrong_password(postgres_server):
+    """What the reconnect loop (storage.py) retries, told apart on real errors of a real server."""
+    import sqlalchemy
+
+    from kdsweep.study.storage import lost_connection
+
+    def error(url: str) -> BaseException:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with pytest.raises(sqlalchemy.exc.OperationalError) as info:
+            engine.connect().close()
+        return info.value
+
+    wrong = sqlalchemy.engine.make_url(f"{postgres_server}/postgres").set(password="not-the-password")
+    assert lost_connection(error(wrong.render_as_string(hide_password=False))) is None  # waiting cannot mend it
+    closed = f"postgresql://postgres:x@127.0.0.1:{free_port()}/optuna"  # down, or restarting
+    assert lost_connection(error(closed)) is not None
