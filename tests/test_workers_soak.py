@@ -1,4 +1,5 @@
-"""The soak benchmark, small: 3 real workers, 20 tiny trials (30 took 4 min on the shared 2-core machine), one PostgreSQL study, one MLflow server.
+"""The soak benchmark, small: 3 real workers, 20 tiny trials, one PostgreSQL study, one MLflow server
+(30 trials took 4 min on the shared, busy 2-core machine: 20 keep the suite lean).
 
 The full size (8 workers, 200 trials) is ``python benchmarks/workers_soak.py``; its figures are in
 docs/RELIABILITY.md. Both check the same things, with the same functions.
