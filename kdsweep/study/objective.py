@@ -188,9 +188,8 @@ class Objective:
             raise  # the run cannot be closed on a server that is gone
         except BaseException as exc:
             killed = isinstance(exc, (KeyboardInterrupt, StorageLostError, DiskFullError))  # resumed later
-            reason = str(exc) if isinstance(exc, KdsweepError) else describe(exc)
             for rid in [run_id] + ([online.run_id] if online else []):
-                self.recorder.fail(rid, reason, killed=killed)
+                self.recorder.fail(rid, describe(exc), killed=killed)
             raise
         backfill = getattr(self.recorder, "backfill", None)
         if result.resumed_from_epoch and backfill is not None:
