@@ -125,6 +125,9 @@ def write_spec(path: Path, data_root: Path, *, trials: int, storage: str, tracki
         "student": {"arch": "resnet8", "width": 0.25, "recipe": TINY},
         "search": {"kd": {"temperature": {"low": 2.0, "high": 6.0}, "alpha": {"low": 0.5, "high": 0.9}}},
         "storage": storage, "tracking_uri": tracking_uri,
+        # no view table: each worker (a machine of its own) would compute it, one after another under the
+        # study's table lock, before its first trial
+        "teacher_table": "off",
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -202,7 +205,7 @@ def soak(server_url: str, *, workers: int, trials: int, data_root: Path, folder:
     server_url = server_url.rstrip("/")
     folder.mkdir(parents=True, exist_ok=True)
     names = make_databases(server_url, f"soak_{uuid.uuid4().hex[:10]}")
-    server = None
+    server, procs = None, []
     try:
         opts = ServerOptions(port=free_port(), backend_store_uri=f"{server_url}/{names['mlflow']}",
                              artifacts_destination=str(folder / "server" / "artifacts"), workers=server_workers,
@@ -225,6 +228,10 @@ def soak(server_url: str, *, workers: int, trials: int, data_root: Path, folder:
         problems, states, rate = check(storage, server.url, trials, outputs)
         return SoakResult(workers, trials, seconds, rate, dict(peak.peak), states, problems)
     finally:
+        for proc, _ in procs:  # interrupted: no worker outlives the soak (they would wait for the server)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if server is not None:
             server.stop()
         drop_databases(server_url, names)
