@@ -187,6 +187,11 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
             outcome = run_study(spec, recorder=progress, search=search, data=data,
                                 on_open=lambda done: progress.already_done(done * len(spec.seeds)), **extra)
     except KdsweepError as exc:
+        from kdsweep.errors import DiskFullError, StorageLostError
+
+        if getattr(exc, "resumable", False) or isinstance(exc, (StorageLostError, DiskFullError)):
+            # a store went away or filled mid-study: say how to go on once it is back
+            raise UserError(f"{exc}\nResume with: {resume_command(spec_path, flags, heartbeat)}") from None
         raise fail(exc) from None
     except KeyboardInterrupt:
         again = resume_command(spec_path, flags, heartbeat)

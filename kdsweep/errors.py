@@ -34,3 +34,11 @@ class StudyError(KdsweepError):
 
 class LaunchError(KdsweepError):
     """A cluster launch cannot go ahead (bad option, unsafe env file, store or scheduler refusing)."""
+
+
+class StorageLostError(StudyError):
+    """The Optuna storage (PostgreSQL) went away mid-study for longer than kdsweep waits for it."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written: the disk (or the file size limit) is full."""

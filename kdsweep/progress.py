@@ -74,6 +74,11 @@ class ProgressRecorder:
                                                    f"({summary.selected_delta:+.3f} vs baseline)")
         self._close(run_id, distilled)
 
+    def backfill(self, run_id: str, history: list[EpochMetrics]) -> None:
+        backfill = getattr(self.inner, "backfill", None)
+        if backfill is not None:
+            backfill(run_id, history)
+
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:
         self.inner.fail(run_id, reason, killed=killed)
         self._close(run_id, distilled=self.roles.get(run_id) == "distilled")

@@ -175,6 +175,7 @@ def test_server_lost_mid_trial_fails_the_trial_with_the_reason_and_stops_the_stu
     from kdsweep.tracking.server import ServerOptions, launch
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDSWEEP_TRACKING_WAIT", "3")  # gone for good: a short wait, then the study stops
     opts = ServerOptions(port=free_port(), backend_store_uri=f"sqlite:///{tmp_path}/server/mlflow.db",
                          artifacts_destination=str(tmp_path / "server" / "artifacts"), workers=1,
                          log_file=tmp_path / "server" / "server.log")
@@ -191,6 +192,7 @@ def test_server_lost_mid_trial_fails_the_trial_with_the_reason_and_stops_the_stu
         server.stop()
     message = str(info.value)
     assert message.startswith(f"tracking_uri='{server.url}': MLflow ") and "rerun the same command" in message
+    assert "(waited 3 s for the server)" in message
     (trial,) = optuna.load_study(study_name="failures", storage=spec.storage).trials  # stopped: no second trial
     assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True  # retried on resume
     assert trial.user_attrs["fail_reason"].startswith(f"tracking_uri='{server.url}'")

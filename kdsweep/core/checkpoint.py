@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 import tempfile
@@ -12,22 +14,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdsweep.errors import CheckpointError
+from kdsweep.errors import CheckpointError, DiskFullError
+
+
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file size limit, quota
 
 
 def save_checkpoint(obj: Any, path: Path) -> Path:
-    """Write ``obj`` with ``torch.save`` to a temp file beside ``path``, fsync, then rename."""
+    """Write ``obj`` with ``torch.save`` to a temp file beside ``path``, fsync, then rename.
+
+    Serialised in memory first: torch's zip writer reports a full disk as an unrelated
+    "unexpected pos" RuntimeError, a plain ``write`` as ENOSPC. A full disk raises
+    ``DiskFullError``, and the file under ``path`` is still the previous one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise DiskFullError(f"{path}: {exc.strerror} while writing a checkpoint") from exc
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            kept = "the previous one is kept" if path.exists() else "none was written before"
+            raise DiskFullError(f"{path}: {exc.strerror} while writing a {buffer.tell() / 1e6:.1f} MB checkpoint "
+                                f"({kept})") from None
         raise
     # fsync the folder so the rename itself survives a power loss
     dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -30,7 +30,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from kdsweep.errors import StudyError
+from kdsweep.errors import StorageLostError, StudyError
 from kdsweep.stores import url_scheme
 from kdsweep.study import recovery
 
@@ -72,13 +72,36 @@ class PostgresLocks:
 
     def __init__(self, url: str) -> None:
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.answered = False  # a database down from the start is reported, not waited for
+
+    def _locked(self, key: int) -> sqlalchemy.Connection:
+        """A connection holding the lock; PostgreSQL restarting (a lost or refused connection) is
+        waited out as storage calls wait it out (``storage.reconnecting``)."""
+        from kdsweep.study.storage import RECONNECT_SECONDS, lost_connection
+
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            conn = None
+            try:
+                conn = self.engine.connect()
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                self.answered = True
+                return conn
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                if conn is not None:
+                    conn.close()
+                if lost_connection(exc) is None or not self.answered:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StorageLostError(f"storage: PostgreSQL not reachable for {RECONNECT_SECONDS} s to take "
+                                           f"a lock ({str(exc).strip().splitlines()[0][:300]})") from exc
+                time.sleep(1.0)
 
     @contextlib.contextmanager
     def hold(self, name: str) -> Iterator[None]:
         key = lock_key(name)
-        with self.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            conn.commit()
+        with self._locked(key) as conn:
             try:
                 yield
             finally:

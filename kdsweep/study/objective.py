@@ -25,7 +25,7 @@ from kdsweep.core.data import ImageSet
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import TrainResult, train
-from kdsweep.errors import KdsweepError, TrackingError
+from kdsweep.errors import DiskFullError, KdsweepError, StorageLostError, TrackingError
 from kdsweep.study import space
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.online import OnlineTeacherRun
@@ -35,6 +35,11 @@ from kdsweep.study.tables import describe_source
 from kdsweep.core.checkpoint import weights_payload
 from kdsweep.core.summary import Selected
 from kdsweep.study.teacher import Trained, data_params, obtain
+
+
+# a store gone or full: every later trial would fail the same way, so the study stops and the trial
+# is retried (from its last checkpoint) when the same command runs again
+STORE_FAILURES = (TrackingError, StorageLostError, DiskFullError)
 
 
 class StopStudy(KeyboardInterrupt):
@@ -119,9 +124,11 @@ class Objective:
         except KeyboardInterrupt:
             mark_failed(trial, "interrupted (Ctrl-C or SIGTERM) before the trial finished", interrupted=True)
             raise
-        except TrackingError as exc:
-            # the server is gone: every later trial would fail the same way, so stop the study
-            mark_failed(trial, str(exc), interrupted=True)
+        except STORE_FAILURES as exc:
+            try:
+                mark_failed(trial, str(exc), interrupted=True)
+            except StorageLostError:
+                pass  # left RUNNING: the rerun (dead process) or another worker (heartbeat) fails it
             raise StopStudy(exc) from exc
         except Exception as exc:
             self._free_cuda = isinstance(exc, torch.OutOfMemoryError)
@@ -186,9 +193,13 @@ class Objective:
         except TrackingError:
             raise  # the run cannot be closed on a server that is gone
         except BaseException as exc:
+            killed = isinstance(exc, (KeyboardInterrupt, StorageLostError, DiskFullError))  # resumed later
             for rid in [run_id] + ([online.run_id] if online else []):
-                self.recorder.fail(rid, describe(exc), killed=isinstance(exc, KeyboardInterrupt))
+                self.recorder.fail(rid, describe(exc), killed=killed)
             raise
+        if result.resumed_from_epoch:
+            # epochs trained before the resume whose log was lost (checkpointed, then killed or the server went)
+            self.recorder.backfill(run_id, result.history[:result.resumed_from_epoch])
         teacher_summary = online.finish(result) if online is not None else self.teacher.summary
         summary = result.summary().compared_with(base.summary, teacher_summary)
         final = save_checkpoint(weights_payload(cfg, self.data.num_classes, result.scored_model),

@@ -73,6 +73,10 @@ class Recorder(Protocol):
 
     def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None: ...
 
+    def backfill(self, run_id: str, history: list[EpochMetrics]) -> None:
+        """Log the epochs of ``history`` that ``run_id`` lacks (a resumed run whose last epoch was
+        checkpointed but never logged: killed in between, or the server went down)."""
+
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None: ...
 
     def end_study(self, summary: dict[str, Any]) -> None: ...
@@ -94,6 +98,9 @@ class NullRecorder:
         pass
 
     def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
+        pass
+
+    def backfill(self, run_id: str, history: list[EpochMetrics]) -> None:
         pass
 
     def fail(self, run_id: str, reason: str, *, killed: bool = False) -> None:

@@ -186,8 +186,10 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
         else:
             jobs.run_packed(pool, lambda: open_study(spec, heartbeat=heartbeat), trial_loop)
     except StopStudy as stop:  # e.g. the tracking server is gone: its trial is FAIL, retried on resume
-        raise type(stop.error)(f"{stop.error}; the study stopped. Finished trials are kept; rerun the same "
-                               "command to resume (the interrupted trial is retried)") from None
+        error = type(stop.error)(f"{stop.error}; the study stopped. Finished trials are kept; rerun the same "
+                                 "command to resume (the interrupted trial is retried)")
+        error.resumable = True  # the CLI adds the command line that resumes
+        raise error from None
     outcome = summarize(study, teacher.summary.final_test_acc if teacher else None)
     outcome.packed = list(pool.groups) if pool is not None else []
     if spec.confirm is not None and outcome.complete > 0:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +35,14 @@ SYSTEM_METRICS_SECONDS = 5  # sampling interval of CPU, memory and GPU use (MLfl
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# a server that stops mid-study (restarted, redeployed): wait this long for /health before the study
+# stops with its resume line; 0 stops at once
+WAIT_ENV = "KDSWEEP_TRACKING_WAIT"
+WAIT_SECONDS = 120
+# calls that would make a second run if the lost request had reached the server: retried only when the
+# connection was refused, i.e. the request never left this machine
+NOT_IDEMPOTENT = ("create_run",)
+REFUSED = ("Connection refused", "Failed to establish a new connection")
 # reusing a teacher or baseline downloads its checkpoint: no tqdm bar in the middle of rich's bars
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -69,16 +78,44 @@ def local_artifact_root(tracking_uri: str, artifacts: str) -> str | None:
     return Path(artifacts).resolve().as_uri()
 
 
+def wait_seconds() -> float:
+    """How long a call waits for a lost server to come back (``$KDSWEEP_TRACKING_WAIT``, default 120 s)."""
+    raw = os.environ.get(WAIT_ENV, str(WAIT_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise TrackingError(f"{WAIT_ENV}={raw[:50]!r}: not a number of seconds") from None
+    return max(0.0, value)
+
+
+def answers(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class Guarded:
     """An MlflowClient whose failures become one-line TrackingErrors naming the URI.
 
-    MLflow retries HTTP calls itself (bounded by the MLFLOW_HTTP_REQUEST_* variables above);
-    what still fails (a server gone for good, a locked store) reaches the study as a
-    TrackingError, which stops it cleanly instead of failing every later trial the same way.
+    MLflow retries HTTP calls itself (bounded by the MLFLOW_HTTP_REQUEST_* variables above). When
+    a call still fails and the server's ``/health`` does not answer either, the server is down
+    (stopped, restarting): the call says so on stderr, waits up to ``wait`` seconds for ``/health``
+    and runs again. Metric batches carry their own timestamps and steps, and MLflow drops a metric
+    it already holds, so a call that reached the server before it went down is not logged twice.
+    What still fails reaches the study as a TrackingError, which stops it with the resume line
+    instead of failing every later trial the same way.
     """
 
-    def __init__(self, client, uri: str) -> None:
+    def __init__(self, client, uri: str, *, wait: float | None = None, announce=say) -> None:
         self._inner, self._uri = client, uri
+        self._wait = wait_seconds() if wait is None else wait
+        self._announce = announce
 
     def __getattr__(self, name: str):
         attr = getattr(self._inner, name)
@@ -88,14 +125,38 @@ class Guarded:
         def call(*args, **kwargs):
             from mlflow.exceptions import MlflowException
 
-            try:
-                with held():  # a Ctrl-C inside a store's write could leave its lock held
-                    return attr(*args, **kwargs)
-            except (MlflowException, OSError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise TrackingError(f"tracking_uri={self._uri!r}: MLflow {name} failed: {first[:400]}") from exc
+            deadline = None
+            while True:
+                try:
+                    with held():  # a Ctrl-C inside a store's write could leave its lock held
+                        return attr(*args, **kwargs)
+                except (MlflowException, OSError) as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    failed = f"tracking_uri={self._uri!r}: MLflow {name} failed: {first[:400]}"
+                    if not self._server_down(name, str(exc)):
+                        raise TrackingError(failed) from exc
+                    if deadline is None:
+                        deadline = time.monotonic() + self._wait
+                        self._announce(f"MLflow server {self._uri} is not answering; waiting up to "
+                                       f"{self._wait:.0f} s for it to come back (${WAIT_ENV})")
+                    if not self._back_by(deadline):
+                        raise TrackingError(f"{failed} (waited {self._wait:.0f} s for the server)") from exc
+                    self._announce(f"MLflow server {self._uri} is back; going on")
 
         return call
+
+    def _server_down(self, name: str, message: str) -> bool:
+        """True when waiting may help: an HTTP server that does not answer /health now."""
+        if self._wait <= 0 or not self._uri.startswith(("http://", "https://")) or answers(self._uri):
+            return False
+        return name not in NOT_IDEMPOTENT or any(r in message for r in REFUSED)
+
+    def _back_by(self, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if answers(self._uri):
+                return True
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        return answers(self._uri)
 
 
 def is_server(uri: str) -> bool:
@@ -276,6 +337,12 @@ class MlflowRecorder:
 
     def log_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
         self._log_metrics(run_id, metrics.as_dict(), step=metrics.epoch)
+
+    def backfill(self, run_id: str, history: list[EpochMetrics]) -> None:
+        logged = {m.step for m in self.client.get_metric_history(run_id, "train_loss")}
+        for metrics in history:
+            if metrics.epoch not in logged:
+                self.log_epoch(run_id, metrics)
 
     def finish(self, run_id: str, summary: RunSummary, checkpoint: Path | None) -> None:
         self._closed(run_id)
