@@ -26,6 +26,9 @@ TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "d
 # lengths past any real spec's, so that `kdsweep study validate` of a valid spec prints a few kB at most
 MAX_ITEMS = 64  # seeds, choices
 MAX_TEXT = 1000  # URLs and paths
+# every integer field: what torch and SQL take, and what the YAML reader reads (a digit string coerced
+# to int would otherwise pass with 2,000 digits and print as such)
+Int64 = Annotated[int, Field(gt=-(2**63), lt=2**63)]
 
 
 def _scheme(url: str) -> str:
@@ -189,8 +192,8 @@ SearchSpace = create_model(
 class Recipe(Strict):
     """How a network is trained (teacher, baseline and distilled students)."""
 
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    epochs: Int64 = Field(default=30, ge=1)
+    batch_size: Int64 = Field(default=256, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -199,7 +202,7 @@ class Recipe(Strict):
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     ema_decay: float = Field(default=0.0, ge=0, lt=1)
-    patience: int = Field(default=0, ge=0)
+    patience: Int64 = Field(default=0, ge=0)
     augment: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -207,8 +210,8 @@ class Recipe(Strict):
 class DataSpec(Strict):
     dataset: str = "cifar10"
     root: Path = Path("data")
-    limit_per_file: int | None = Field(default=None, ge=1)  # first N records of each official file
-    image_size: int | None = Field(default=None, ge=8)  # image folders: resize + centre crop
+    limit_per_file: Int64 | None = Field(default=None, ge=1)  # first N records of each official file
+    image_size: Int64 | None = Field(default=None, ge=8)  # image folders: resize + centre crop
 
     @field_validator("dataset")
     @classmethod
@@ -232,7 +235,7 @@ class TeacherSpec(Strict):
     arch: str
     width: float = Field(default=1.0, gt=0)
     checkpoint: Path | None = None  # a trained teacher's weights: skip training
-    seed: int = 0
+    seed: Int64 = 0
     recipe: Recipe = Recipe()
     # pretrained: trained once (or loaded from checkpoint), then frozen for every trial.
     # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
@@ -292,14 +295,14 @@ StudentSpec = create_model("StudentSpec", __base__=_StudentBase, **_method_model
 
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seeds: list[int] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
+    seeds: list[Int64] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
     data: DataSpec = DataSpec()
     teacher: TeacherSpec
     student: StudentSpec
     search: SearchSpace = SearchSpace()
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
-    n_trials: int = Field(default=8, ge=1)
+    n_trials: Int64 = Field(default=8, ge=1)
     timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
     objective: Literal["test_acc", "delta_vs_baseline"] = "test_acc"
     # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
@@ -316,7 +319,7 @@ class StudySpec(Strict):
     accel: Literal["auto", "eager", "graph", "compile"] = "auto"
     # trials trained at once in this process (threads), packed into one loop per seed: the runs of a
     # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
-    jobs: int = Field(default=1, ge=1, le=64)
+    jobs: Int64 = Field(default=1, ge=1, le=64)
 
     @field_validator("seeds")
     @classmethod
