@@ -408,12 +408,12 @@ def test_alias_bomb_is_refused_naming_file_and_reason(tmp_path):
     result = CliRunner().invoke(main, ["study", "validate", str(spec), "--data-root", "."])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"Error: {spec}: not valid YAML at line 8, column 22: more than 5,000 values, each alias counted as a copy "
+        f"Error: {spec}: not valid YAML at line 8, column 16: more than 3,000 values, each alias counted as a copy "
         "(a study spec has a few hundred)"]
 
 
 @pytest.mark.parametrize("text, expected", [
-    (FLOW_LAUGHS, "not valid YAML at line 1, column 126: more than 5,000 values, each alias counted as a copy"),
+    (FLOW_LAUGHS, "not valid YAML at line 1, column 120: more than 3,000 values, each alias counted as a copy"),
     ("&a [*a]", "not valid YAML at line 1, column 5: alias *a is inside the node it names"),
     ("[" * 60 + "]" * 60, "not valid YAML at line 1, column 51: nested deeper than 50 levels"),
     ("1" * 5000, "integer 1111111111111111111111111111111111111111... is out of range"),
