@@ -25,6 +25,9 @@ TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "d
 # lengths past any real spec's, so that `kdsweep study validate` of a valid spec prints a few kB at most
 MAX_ITEMS = 64  # seeds, choices
 MAX_TEXT = 1000  # URLs and paths
+# every integer field: what torch and SQL take, and what the YAML reader reads (a digit string coerced
+# to int would otherwise pass with 2,000 digits and print as such)
+Int64 = Annotated[int, Field(gt=-(2**63), lt=2**63)]
 
 
 class Strict(BaseModel):
@@ -182,8 +185,8 @@ SearchSpace = create_model(
 class Recipe(Strict):
     """How a network is trained (teacher, baseline and distilled students)."""
 
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    epochs: Int64 = Field(default=30, ge=1)
+    batch_size: Int64 = Field(default=256, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -192,7 +195,7 @@ class Recipe(Strict):
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     ema_decay: float = Field(default=0.0, ge=0, lt=1)
-    patience: int = Field(default=0, ge=0)
+    patience: Int64 = Field(default=0, ge=0)
     augment: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -200,12 +203,12 @@ class Recipe(Strict):
 class DataSpec(Strict):
     dataset: str = "cifar10"
     root: Path = Path("data")
-    limit_per_file: int | None = Field(default=None, ge=1)  # first N records of each official file
-    image_size: int | None = Field(default=None, ge=8)  # image folders: resize + centre crop
+    limit_per_file: Int64 | None = Field(default=None, ge=1)  # first N records of each official file
+    image_size: Int64 | None = Field(default=None, ge=8)  # image folders: resize + centre crop
     # held out of the training images, stratified by class (core/split.py): a fraction in (0, 1) or a
     # count of images; 0 only with selection: test. Fixed by the training data and split_seed.
-    val_split: Union[Annotated[int, Field(ge=0)], Annotated[float, Field(gt=0, lt=1)]] = 0.1
-    split_seed: int = 0
+    val_split: Union[Annotated[Int64, Field(ge=0)], Annotated[float, Field(gt=0, lt=1)]] = 0.1
+    split_seed: Int64 = 0
 
     @field_validator("dataset")
     @classmethod
@@ -229,7 +232,7 @@ class TeacherSpec(Strict):
     arch: str
     width: float = Field(default=1.0, gt=0)
     checkpoint: Path | None = None  # a trained teacher's weights: skip training
-    seed: int = 0
+    seed: Int64 = 0
     recipe: Recipe = Recipe()
     # pretrained: trained once (or loaded from checkpoint), then frozen for every trial.
     # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
@@ -292,7 +295,7 @@ class ConfirmSpec(Strict):
     ``seeds`` that the search never used; the report's headline numbers come from these runs."""
 
     top_k: int = Field(default=3, ge=1, le=100)
-    seeds: list[int] = Field(default=[100, 101, 102, 103, 104], min_length=1)
+    seeds: list[Int64] = Field(default=[100, 101, 102, 103, 104], min_length=1, max_length=MAX_ITEMS)
 
     @field_validator("seeds")
     @classmethod
@@ -304,14 +307,14 @@ class ConfirmSpec(Strict):
 
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seeds: list[int] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
+    seeds: list[Int64] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
     data: DataSpec = DataSpec()
     teacher: TeacherSpec
     student: StudentSpec
     search: SearchSpace = SearchSpace()
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
-    n_trials: int = Field(default=8, ge=1)
+    n_trials: Int64 = Field(default=8, ge=1)
     timeout: float | None = Field(default=None, gt=0)  # seconds for the whole study
     # what a trial is worth, on the selection split: val_acc (mean final validation accuracy over seeds),
     # delta_vs_baseline (its gain over the matched baselines, on validation), or test_acc (selection: test only)
@@ -335,7 +338,7 @@ class StudySpec(Strict):
     accel: Literal["auto", "eager", "graph", "compile"] = "auto"
     # trials trained at once in this process (threads), packed into one loop per seed: the runs of a
     # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
-    jobs: int = Field(default=1, ge=1, le=64)
+    jobs: Int64 = Field(default=1, ge=1, le=64)
 
     @field_validator("seeds")
     @classmethod

@@ -30,7 +30,7 @@ FLAG_FIELDS = {"data_root": ("data.root", "--data-root or $KDSWEEP_DATA_ROOT"), 
 # Bounds on what a spec can make kdsweep read, build or print: a real spec is a few kB and a few
 # hundred YAML nodes, so these refuse only the pathological (an alias bomb, a 100 MB string)
 MAX_SPEC_BYTES = 256 * 1024  # the pure-Python YAML reader takes up to ~0.5 s for this much
-MAX_YAML_NODES = 5_000  # values after alias expansion: `*a` counts every node under `&a` again
+MAX_YAML_NODES = 3_000  # values after alias expansion: `*a` counts every node under `&a` again
 MAX_YAML_DEPTH = 50
 MAX_INT = 2**63  # no field takes more, and Python refuses to print ints past 4,300 digits
 MAX_SHOWN = 200  # characters of a quoted value in a message
