@@ -119,7 +119,7 @@ def finished_student(rec, data, tmp_path: Path) -> tuple[str, torch.nn.Module]:
                ckpt)
     run_id = rec.start(RunInfo("distilled", "k9", {"arch": "resnet8", "width": 0.25, "seed": 0, "alpha": 0.5},
                                {"study": "s3", "trial": "0", "seed": "0"}))
-    rec.finish(run_id, {"final_test_acc": 0.25, "final_train_acc": 0.5, "final_epoch": 2}, ckpt)
+    rec.finish(run_id, RunSummary(final_epoch=2, final_test_acc=0.25, final_train_acc=0.5, num_params=10), ckpt)
     return run_id, model
 
 
@@ -206,7 +206,7 @@ def test_system_metrics_are_sampled_while_a_run_is_open(tmp_path, monkeypatch):
     rec.begin_study("s4", {"spec": {}})
     run_id = rec.start(RunInfo("teacher", "k5", {"arch": "resnet8", "width": 1.0, "seed": 0}))
     time.sleep(1.5)
-    rec.finish(run_id, {"final_test_acc": 0.5, "final_epoch": 1}, None)
+    rec.finish(run_id, RunSummary(final_epoch=1, final_test_acc=0.5, final_train_acc=0.5, num_params=10), None)
     metrics = MlflowClient(rec.uri).get_run(run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
     # off by default for a local store
