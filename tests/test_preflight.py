@@ -285,7 +285,8 @@ def test_fitting_checkpoint_passes(workdir, subset_root, tmp_path):
     spec = load_spec(write_spec(workdir / "spec.yaml", subset_root,
                                 teacher={"arch": "resnet8", "width": 0.5, "checkpoint": str(path)}))
     data = preflight(spec, source="spec.yaml")
-    assert len(data.train_y) == 200  # 40 per file, 5 files: loaded once, handed to the run
+    # 40 per file, 5 files, 10% held out for validation: loaded once, handed to the run
+    assert len(data.train_y) + len(data.val_y) == 200 and len(data.val_y) == 19
     assert created(workdir) == []
 
 
@@ -295,12 +296,12 @@ RECIPE = {"epochs": 1, "lr": 0.05}
 DATA_CASES = {  # case: (spec overrides, the lines expected after "spec.yaml: ")
     "student batch above the split": (
         {"student": {"arch": "resnet8", "width": 0.25, "recipe": {**RECIPE, "batch_size": 512}}},
-        ["student.recipe.batch_size=512: larger than the training split (200 training images of cifar10 in "
-         "'{root}', data.limit_per_file=40); use at most 200"]),
+        ["student.recipe.batch_size=512: larger than the training split (181 training images of cifar10 in "
+         "'{root}', data.limit_per_file=40, 19 more held out for validation); use at most 181"]),
     "teacher batch above the split": (
-        {"teacher": {"arch": "resnet8", "width": 0.5, "recipe": {**RECIPE, "batch_size": 201}}},
-        ["teacher.recipe.batch_size=201: larger than the training split (200 training images of cifar10 in "
-         "'{root}', data.limit_per_file=40); use at most 200"]),
+        {"teacher": {"arch": "resnet8", "width": 0.5, "recipe": {**RECIPE, "batch_size": 182}}},
+        ["teacher.recipe.batch_size=182: larger than the training split (181 training images of cifar10 in "
+         "'{root}', data.limit_per_file=40, 19 more held out for validation); use at most 181"]),
     "limit larger than the files": (
         {"data": {"dataset": "cifar10", "root": "{root}", "limit_per_file": 5000}},
         ["data.limit_per_file=5000: the 5 training files hold fewer records than that (5085 images in all), "
