@@ -20,7 +20,7 @@ import math
 from kdsweep.tracking.report import Report, mean, std
 
 HEADER = ["Model", "Architecture", "Params", "Train acc %", "Val acc %", "Test acc %", "Change %",
-          "Epoch: final | best by val (its test %)", "Search, same trial", "Note"]
+          "Epoch: final / best by val (its test %)", "Search, same trial", "Note"]
 CHANGE_TEXT = ("Change: baseline vs teacher; distilled vs its matched baseline (same width, seed, epochs, recipe), "
                "paired per seed, with the 95% t-interval of the mean gain in brackets.")
 
@@ -54,7 +54,7 @@ def epochs_text(row) -> str:
         return str(row.epoch)
     lo, hi = min(row.best_epochs), max(row.best_epochs)
     best = str(lo) if lo == hi else f"{lo}-{hi}"
-    return f"{row.epoch} | {best} ({ms(row.best_test_acc)})"
+    return f"{row.epoch} / {best} ({ms(row.best_test_acc)})"
 
 
 def table(report: Report) -> list[list[str]]:
