@@ -36,6 +36,10 @@ class ListRecorder:
     def log_epoch(self, run_id, m):
         self.runs[run_id]["epochs"].append(m)
 
+    def backfill(self, run_id, history):
+        logged = {m.epoch for m in self.runs[run_id]["epochs"]}
+        self.runs[run_id]["epochs"] += [m for m in history if m.epoch not in logged]
+
     def finish(self, run_id, summary, checkpoint):
         self.runs[run_id].update(status="FINISHED", summary=summary, checkpoint=checkpoint)
 
@@ -66,13 +70,19 @@ def test_teacher_once_baseline_once_one_distilled_run_per_trial(spec):
         assert r["status"] == "FINISHED" and len(r["epochs"]) == 2
         if r["info"].role == "distilled":
             s = r["summary"]
-            assert s["delta_vs_baseline"] == pytest.approx(s["final_test_acc"] - base_acc(rec))
+            assert s.delta_vs_baseline == pytest.approx(s.final_test_acc - base_acc(rec))
+            # the trial's decisions compared validation numbers
+            assert s.selected_delta == pytest.approx(s.final_val_acc - base_summary(rec).final_val_acc)
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
     assert len(study.trials) == 3
 
 
+def base_summary(rec):
+    return next(r["summary"] for r in rec.runs.values() if r["info"].role == "baseline")
+
+
 def base_acc(rec):
-    return next(r["summary"]["final_test_acc"] for r in rec.runs.values() if r["info"].role == "baseline")
+    return base_summary(rec).final_test_acc
 
 
 def test_rerun_continues_the_study_and_reuses_teacher_and_baseline(spec):
