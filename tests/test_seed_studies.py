@@ -87,10 +87,11 @@ def test_epai_session29_cnns_early_stopping_and_summary_table(work, data):
     assert (teacher.data.params["arch"], distilled.data.params["arch"]) == ("cnn_teacher", "cnn_student")
     assert teacher.data.params["patience"] == distilled.data.params["patience"] == "1"
     # alpha in kdsweep's convention (KD weight), from the study's converted range 0.5..0.95
-    assert 0.5 <= float(distilled.data.params["alpha"]) <= 0.95
+    assert 0.5 <= float(distilled.data.params["kd.alpha"]) <= 0.95
     lines = report(work, "epai-session29").stdout.splitlines()
-    assert "Train acc %" in lines[2] and "Test acc %" in lines[2] and "Change %" in lines[2]
-    change = next(line for line in lines if line.startswith("| Distilled")).split("|")[6].strip()
+    assert lines[2].startswith("Trials selected on the validation split")  # where the numbers come from
+    assert "Train acc %" in lines[4] and "Val acc %" in lines[4] and "Test acc %" in lines[4] and "Change %" in lines[4]
+    change = next(line for line in lines if line.startswith("| Distilled")).split("|")[7].strip()
     assert change == f"{distilled.data.metrics['delta_vs_baseline'] * 100:+.2f}"
 
 
@@ -100,7 +101,7 @@ def test_teachernet_with_and_without_ema_compared(work, data):
     (with_ema,), (without,) = runs(work, "teachernet-ema", "distilled"), runs(work, "teachernet-noema", "distilled")
     assert with_ema.data.params["arch"] == "teachernet12" and with_ema.data.params["width"] == "0.5"
     # the grid draws the same (temperature, alpha) in both studies: the trials pair up
-    for key in ("temperature", "alpha"):
+    for key in ("kd.temperature", "kd.alpha"):
         assert with_ema.data.params[key] == without.data.params[key]
     assert len(history(work, with_ema.info.run_id, "test_acc_ema")) == 2
     assert history(work, without.info.run_id, "test_acc_ema") == []
