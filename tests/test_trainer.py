@@ -122,5 +122,9 @@ def test_same_seed_same_metrics(data):
 
 def test_evaluate_split_of_untrained_model_is_near_chance(data):
     model = build_model("resnet8", num_classes=4, width=0.25)
-    train_acc, test_acc = evaluate_split(model, data)
+    train_acc, test_acc, val_acc = evaluate_split(model, data)
     assert 0.0 <= train_acc <= 1.0 and 0.0 <= test_acc <= 0.6
+    assert val_acc is None  # no validation split held out of this data
+    from kdsweep.core.split import hold_out
+
+    assert 0.0 <= evaluate_split(model, hold_out(data, 0.25, seed=0))[2] <= 0.6
