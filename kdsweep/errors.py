@@ -42,3 +42,8 @@ class StorageLostError(StudyError):
 
 class DiskFullError(CheckpointError):
     """A checkpoint could not be written: the disk (or the file size limit) is full."""
+
+
+class TrialTakenOver(StudyError):
+    """Another worker failed this process's running trial as stale (its heartbeats came late) and
+    queued a retry; this process drops its copy of the trial and goes on with the next one."""

@@ -122,6 +122,35 @@ def test_trial_loop_runs_the_trial_another_worker_left_interrupted(postgres_url)
     assert trials[1].params == {"x": 0.125} and trials[1].system_attrs["failed_trial"] == 0
 
 
+@pytest.mark.parametrize("when", ["mid-trial", "after-training"])
+def test_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(postgres_url, when, caplog):
+    """A worker starved of CPU past the grace period: another worker failed its running trial and
+    queued the retry. The starved worker logs one line, drops its copy and finishes the study;
+    before, Optuna's UpdateFinishedTrialError (or tell's ValueError) ended the worker with a traceback."""
+    name = f"starved-{when}"
+    study, other = open_shared(postgres_url, name), open_shared(postgres_url, name)  # two workers' storages
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if trial.number == 0:  # what fail_stale_trials does from the other worker
+            other._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(other, other._storage.get_trial(trial._trial_id))
+            if when == "mid-trial":
+                trial.report(x, 0)  # the next epoch's report meets the finished trial
+        return x
+
+    with caplog.at_level("WARNING", logger="kdsweep.study.coordination"):
+        ran = coordination.run_trials(study, objective, n_trials=2, locks=coordination.locks_for(postgres_url),
+                                      make_sampler=lambda n: optuna.samplers.RandomSampler(seed=n), poll=0.2)
+    trials = open_shared(postgres_url, name).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    assert ran == 2  # the dropped copy is not counted: the study still ends with n_trials finished
+    assert [r.getMessage() for r in caplog.records if r.name == "kdsweep.study.coordination"] == [
+        "trial 0 was failed as stale by another worker (its heartbeats came late); its result here is "
+        "dropped and the trial is retried"]
+
+
 def test_advisory_lock_excludes_another_session(postgres_url):
     import sqlalchemy
 

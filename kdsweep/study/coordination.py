@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 import warnings
@@ -30,11 +31,12 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from kdsweep.errors import StorageLostError, StudyError
+from kdsweep.errors import StorageLostError, StudyError, TrialTakenOver
 from kdsweep.stores import url_scheme
 from kdsweep.study import recovery
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+log = logging.getLogger(__name__)
 
 
 class Locks(Protocol):
@@ -208,7 +210,19 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 study.sampler = make_sampler(len(study.get_trials(deepcopy=False)))
                 # Optuna's optimize() runs the heartbeat thread; the claim is let go as soon as
                 # the trial exists (first line of the objective)
-                study.optimize(claim, n_trials=1, catch=catch)
+                try:
+                    study.optimize(claim, n_trials=1, catch=catch)
+                except (ValueError, AssertionError, optuna.exceptions.UpdateFinishedTrialError):
+                    # Optuna's tell refuses a trial that is no longer RUNNING (ValueError; an
+                    # AssertionError in optimize when that happened after the objective's last
+                    # check): another worker failed it as stale while this one was starved of CPU,
+                    # and queued its retry
+                    if not claim.taken_over(study):
+                        raise
+                    log.warning("trial %d was failed as stale by another worker (its heartbeats came "
+                                "late); its result here is dropped and the trial is retried",
+                                claim.trial_number)
+                    continue  # not counted: the retry, here or elsewhere, is the trial's run
                 ran += 1
                 continue
         time.sleep(poll)
@@ -221,6 +235,8 @@ class ClaimedObjective:
     def __init__(self, objective: Callable[[optuna.Trial], float],
                  lock: contextlib.AbstractContextManager[None]) -> None:
         self.objective, self.lock, self.held = objective, lock, False
+        self.trial_id: int | None = None
+        self.trial_number: int | None = None
 
     def __enter__(self) -> "ClaimedObjective":
         self.lock.__enter__()
@@ -235,7 +251,18 @@ class ClaimedObjective:
     def __exit__(self, *exc) -> None:
         self.release()
 
+    def taken_over(self, study: optuna.Study) -> bool:
+        """True when this process's trial was finished by someone else (failed as stale)."""
+        return self.trial_id is not None and study._storage.get_trial(self.trial_id).state.is_finished()
+
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_id, self.trial_number = trial._trial_id, trial.number
         trial.set_user_attr("worker", recovery.owner())
         self.release()
-        return self.objective(trial)
+        try:
+            value = self.objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            raise TrialTakenOver(f"trial {trial.number} was failed as stale by another worker") from exc
+        if self.taken_over(trial.study):  # finished while the last epochs trained: tell would refuse it
+            raise TrialTakenOver(f"trial {trial.number} was failed as stale by another worker")
+        return value

@@ -119,8 +119,8 @@ class Objective:
             torch.cuda.empty_cache()
         try:
             return self._run(trial)
-        except optuna.TrialPruned:
-            raise
+        except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
+            raise  # the second: failed as stale by another worker, which queued the retry
         except KeyboardInterrupt:
             mark_failed(trial, "interrupted (Ctrl-C or SIGTERM) before the trial finished", interrupted=True)
             raise
@@ -170,8 +170,14 @@ class Objective:
                   "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg)}
         tags = {"study": self.spec.name, "trial": str(trial.number), "seed": str(seed)}
         attr = f"mlflow_run_id_seed{seed}"
-        run_id = self.recorder.start(RunInfo("distilled", key, params, tags, run_id=trial.user_attrs.get(attr)))
-        trial.set_user_attr(attr, run_id)
+        known = trial.user_attrs.get(attr)
+        run_id = self.recorder.start(RunInfo("distilled", key, params, tags, run_id=known))
+        try:
+            trial.set_user_attr(attr, run_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if known is None:  # a run only this process knows: close it (the retry opens its own)
+                self.recorder.fail(run_id, "its trial was failed as stale by another worker", killed=True)
+            raise
 
         def on_epoch(m) -> None:
             self.recorder.log_epoch(run_id, m)
@@ -192,6 +198,8 @@ class Objective:
             raise
         except TrackingError:
             raise  # the run cannot be closed on a server that is gone
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # another worker failed the trial as stale: its retry reopens these runs and owns them
         except BaseException as exc:
             killed = isinstance(exc, (KeyboardInterrupt, StorageLostError, DiskFullError))  # resumed later
             for rid in [run_id] + ([online.run_id] if online else []):
