@@ -35,9 +35,9 @@ def test_epoch_curves_with_nothing_to_draw_is_none():
 
 def test_param_scatter_skips_parameters_no_trial_has():
     names = ["kd.temperature", "kd.alpha"]
-    assert plots.param_scatter([({"lr": 0.1}, [0.5])], names) is None
-    png = plots.param_scatter([({"kd.temperature": 2.0, "kd.alpha": 0.5}, [0.5, 0.6]),
-                               ({"kd.temperature": 8.0, "kd.alpha": 0.9}, [0.7])], names)
+    assert plots.param_scatter([("0", {"lr": 0.1}, [0.5])], names) is None
+    png = plots.param_scatter([("0", {"kd.temperature": 2.0, "kd.alpha": 0.5}, [0.5, 0.6]),
+                               ("1", {"kd.temperature": 8.0, "kd.alpha": 0.9}, [0.7])], names)
     # two panels side by side are wider than tall
     img = image(png)
     assert img.width > img.height

@@ -131,14 +131,14 @@ def test_html_report_embeds_the_plots(work):
     assert proc.exit_code == 0, proc.output
     text = out.read_text()
     charts = set(re.findall(r"<figure class='chart' data-name='([a-z_]+)'>", text))
-    assert {"accuracy_per_epoch", "accuracy_vs_params_kd", "pareto_front", "optuna_history",
-            "optuna_parallel", "optuna_pareto"} <= charts
+    assert {"accuracy_per_epoch", "accuracy_vs_params_kd", "loss_terms_best_trial", "pareto_front",
+            "optuna_history", "optuna_parallel", "optuna_pareto"} <= charts
     # self-contained: plotly.js embedded once, nothing fetched from elsewhere
     assert text.count("plotly.js v") == 1
     assert "<script src=" not in text and "<link " not in text
-    # a figure with a chart is not repeated as a PNG; the others (loss terms, gains) are PNGs
+    # a figure with a chart is not repeated as a PNG; one without (the gains' forest plot) is its PNG
     pngs = set(re.findall(r"<img alt='([a-z_]+)'", text))
-    assert not pngs & charts and "loss_terms_best_trial" in pngs
+    assert not pngs & charts and "gains_forest" in pngs
     # 3 trials are too few for importances: said, not drawn
     assert "optuna_importances" not in charts and "needs at least 4 finished trials" in text
 

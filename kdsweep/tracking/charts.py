@@ -28,8 +28,8 @@ def _hover(params: dict[str, float]) -> str:
     return "<br>".join(f"{k} = {v:.4g}" for k, v in sorted(params.items()))
 
 
-def epoch_curves(series: dict[str, list[Curve]], *, title: str):
-    """Test accuracy per epoch: per label the mean over seeds, with a min..max band when several."""
+def epoch_curves(series: dict[str, list[Curve]], *, title: str, ylabel: str = "test accuracy %", scale: float = 100.0):
+    """Per epoch (test accuracy by default): per label the mean over seeds, with a min..max band when several."""
     series = {k: [c for c in v if c] for k, v in series.items()}
     series = {k: v for k, v in series.items() if v}
     if not series:
@@ -43,17 +43,17 @@ def epoch_curves(series: dict[str, list[Curve]], *, title: str):
         name = f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
         if len(curves) > 1:
             band_x = epochs + epochs[::-1]
-            band_y = [100 * max(v) for v in by_epoch] + [100 * min(v) for v in by_epoch][::-1]
+            band_y = [scale * max(v) for v in by_epoch] + [scale * min(v) for v in by_epoch][::-1]
             fig.add_trace(go.Scatter(x=band_x, y=band_y, fill="toself", fillcolor=color, opacity=0.15,
                                      line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=label))
         fig.add_trace(go.Scatter(
-            x=epochs, y=[100 * statistics.fmean(v) for v in by_epoch], mode="lines+markers", name=name,
+            x=epochs, y=[scale * statistics.fmean(v) for v in by_epoch], mode="lines+markers", name=name,
             legendgroup=label, line={"color": color},
-            customdata=[[100 * min(v), 100 * max(v), len(v)] for v in by_epoch],
-            hovertemplate=(f"{label}<br>epoch %{{x}}<br>test acc %{{y:.2f}}%<br>"
-                           "min..max %{customdata[0]:.2f}..%{customdata[1]:.2f} over %{customdata[2]} runs"
+            customdata=[[scale * min(v), scale * max(v), len(v)] for v in by_epoch],
+            hovertemplate=(f"{label}<br>epoch %{{x}}<br>{ylabel} %{{y:.4g}}<br>"
+                           "min..max %{customdata[0]:.4g}..%{customdata[1]:.4g} over %{customdata[2]} runs"
                            "<extra></extra>")))
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="test accuracy %", **LAYOUT)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=ylabel, **LAYOUT)
     fig.update_xaxes(dtick=1 if max(len(c) for v in series.values() for c in v) < 15 else None)
     return fig
 

@@ -60,15 +60,16 @@ def epoch_curves(series: dict[str, list[Curve]], *, title: str, ylabel: str = "t
     return to_png(fig)
 
 
-def param_scatter(points: Sequence[tuple[dict[str, float], list[float]]], names: Sequence[str]) -> bytes | None:
-    """Final test accuracy of each trial (mean over seeds, bar = std) against each of ``names``."""
-    names = [n for n in names if any(n in p for p, _ in points)]
+def param_scatter(points: Sequence[tuple[str, dict[str, float], list[float]]], names: Sequence[str]) -> bytes | None:
+    """Final test accuracy of each trial (mean over seeds, bar = std) against each of ``names``;
+    ``points`` are (trial, params, accuracy per seed), as for ``charts.param_scatter``."""
+    names = [n for n in names if any(n in p for _, p, _ in points)]
     if not points or not names:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
-        xs = [(p[name], accs) for p, accs in points if name in p and accs]
+        xs = [(p[name], accs) for _, p, accs in points if name in p and accs]
         ax.errorbar([x for x, _ in xs], [100 * statistics.fmean(a) for _, a in xs],
                     yerr=[100 * statistics.stdev(a) if len(a) > 1 else 0 for _, a in xs], fmt="o", ms=4, capsize=2)
         ax.set(xlabel=name, title=f"accuracy vs {name}")
