@@ -297,3 +297,45 @@ def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, subset_ro
     assert retried[0].params == trials[killed].params
     distilled = runs_by_role(tracking, "killed")["distilled"]
     assert len(distilled) == 2 and {r.info.status for r in distilled} == {"FINISHED"}
+
+
+def test_confirmation_units_are_split_between_workers(postgres_url):
+    """``confirm.share``: a unit whose lock another worker holds is left to the end, then run
+    (here, as that worker's run would be reused, or trained if it died); each result in place."""
+    from kdsweep.study.confirm import share
+
+    order = []
+    units = [(f"confirm:split:{n}", lambda n=n: order.append(n) or n) for n in ("a", "b", "c")]
+    other = coordination.locks_for(postgres_url)  # another worker: its own session
+    with other.hold("confirm:split:b"):
+        assert share(units, coordination.locks_for(postgres_url)) == ["a", "b", "c"]
+    assert order == ["a", "c", "b"]
+    # one process (SQLite): every unit is its own, in order
+    order.clear()
+    assert share(units, coordination.ProcessLocks()) == ["a", "b", "c"] and order == ["a", "b", "c"]
+
+
+def test_try_hold_is_false_while_another_session_or_thread_holds_the_lock(postgres_url):
+    mine, theirs = coordination.locks_for(postgres_url), coordination.locks_for(postgres_url)
+    with theirs.hold("x"):
+        with mine.try_hold("x") as free:
+            assert free is False
+    with mine.try_hold("x") as free:
+        assert free is True
+        with theirs.try_hold("x") as other_free:
+            assert other_free is False
+    with theirs.try_hold("x") as free:  # released when the block ended
+        assert free is True
+
+    locks, seen = coordination.ProcessLocks(), []  # threads of one process (SQLite, jobs > 1)
+
+    def look() -> None:
+        with locks.try_hold("x") as free:
+            seen.append(free)
+
+    with locks.hold("x"):
+        thread = threading.Thread(target=look)
+        thread.start()
+        thread.join(30)
+    look()
+    assert seen == [False, True]

@@ -9,7 +9,8 @@ the same seeds), so the selection and the reported number are independent.
 
 Each run is obtained like a teacher or a baseline (``study.teacher.obtain``): a finished run is
 reused, a killed one resumes from its last epoch, and with ``jobs > 1`` the runs of a seed train
-packed in one loop.
+packed in one loop. Workers on one study share the stage: each takes the (trial, seed) pairs no
+other worker holds, then waits for the others' and reuses their runs.
 """
 
 from __future__ import annotations
@@ -78,11 +79,36 @@ def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: Tea
         run = obtain("confirm", cfg, data, tags=tags, teacher=source, params=params, finish=compared, **kwargs)
         return Confirmation(trial.number, seed, run.run_id, base.run_id)
 
-    units = [lambda t=t, s=s: unit(t, s) for s in spec.confirm.seeds for t in chosen]
+    pairs = [(t, s) for s in spec.confirm.seeds for t in chosen]
+    return share([(f"confirm:{spec.name}:{t.number}:{s}", lambda t=t, s=s: unit(t, s)) for t, s in pairs],
+                 locks, pool)
+
+
+def share(units: list[tuple[str, Callable[[], Confirmation]]], locks: Locks,
+          pool: TrainingPool | None = None) -> list[Confirmation]:
+    """Run named units split among the workers of a study; the results in ``units``' order.
+
+    First each unit whose lock no other worker holds; then the others' units, whose runs this worker
+    waits for (their own locks, in ``obtain``) and reuses, or trains if that worker died.
+    """
+    def mine(name: str, unit: Callable[[], Confirmation]) -> Callable[[], Confirmation | None]:
+        def run() -> Confirmation | None:
+            with locks.try_hold(name) as free:
+                return unit() if free else None
+        return run
+
+    results = _run_all([mine(name, unit) for name, unit in units], pool)
+    left = [i for i, done in enumerate(results) if done is None]
+    for i, done in zip(left, _run_all([units[i][1] for i in left], pool)):
+        results[i] = done
+    return results
+
+
+def _run_all(units: list[Callable[[], Confirmation | None]], pool: TrainingPool | None) -> list:
     if pool is None:
         return [u() for u in units]
     results = pool.run(units)  # threads hand their trainings to the pool: the runs of a seed pack
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
-    return results  # type: ignore[return-value]
+    return results

@@ -44,6 +44,10 @@ class Locks(Protocol):
 
     def hold(self, name: str) -> contextlib.AbstractContextManager[None]: ...
 
+    def try_hold(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        """Take the lock if it is free: yields True (held until the block ends) or False (someone has it)."""
+        ...
+
 
 class ProcessLocks:
     """Named locks between the threads of one process: SQLite studies (one writer process), ``jobs > 1``."""
@@ -52,10 +56,22 @@ class ProcessLocks:
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
 
-    def hold(self, name: str) -> contextlib.AbstractContextManager[None]:
+    def _lock(self, name: str) -> threading.RLock:
         with self._guard:
-            lock = self._locks.setdefault(name, threading.RLock())
-        return lock
+            return self._locks.setdefault(name, threading.RLock())
+
+    def hold(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self._lock(name)
+
+    @contextlib.contextmanager
+    def try_hold(self, name: str) -> Iterator[bool]:
+        lock = self._lock(name)
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
 
 
 def lock_key(name: str) -> int:
@@ -76,20 +92,22 @@ class PostgresLocks:
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         self.answered = False  # a database down from the start is reported, not waited for
 
-    def _locked(self, key: int) -> sqlalchemy.Connection:
-        """A connection holding the lock; PostgreSQL restarting (a lost or refused connection) is
-        waited out as storage calls wait it out (``storage.reconnecting``)."""
+    def _locked(self, key: int, *, wait: bool = True) -> tuple[sqlalchemy.Connection, bool]:
+        """A connection and whether it holds the lock (always, when ``wait``); PostgreSQL
+        restarting (a lost or refused connection) is waited out as storage calls wait it out
+        (``storage.reconnecting``)."""
         from kdsweep.study.storage import RECONNECT_SECONDS, lost_connection
 
         deadline = time.monotonic() + RECONNECT_SECONDS
+        query = "SELECT pg_advisory_lock(:k)" if wait else "SELECT pg_try_advisory_lock(:k)"
         while True:
             conn = None
             try:
                 conn = self.engine.connect()
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                got = conn.execute(sqlalchemy.text(query), {"k": key}).scalar()
                 conn.commit()
                 self.answered = True
-                return conn
+                return conn, wait or bool(got)
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 if conn is not None:
                     conn.close()
@@ -102,16 +120,23 @@ class PostgresLocks:
 
     @contextlib.contextmanager
     def hold(self, name: str) -> Iterator[None]:
+        with self.try_hold(name, wait=True):
+            yield
+
+    @contextlib.contextmanager
+    def try_hold(self, name: str, *, wait: bool = False) -> Iterator[bool]:
         key = lock_key(name)
-        with self._locked(key) as conn:
+        conn, got = self._locked(key, wait=wait)
+        with conn:
             try:
-                yield
+                yield got
             finally:
-                try:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-                except sqlalchemy.exc.DBAPIError:
-                    pass  # the connection is gone, and PostgreSQL released the lock with it
+                if got:
+                    try:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except sqlalchemy.exc.DBAPIError:
+                        pass  # the connection is gone, and PostgreSQL released the lock with it
 
 
 def locks_for(url: str) -> Locks:

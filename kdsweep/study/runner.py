@@ -194,10 +194,10 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     outcome.packed = list(pool.groups) if pool is not None else []
     if spec.confirm is not None and outcome.complete > 0:
         confirm_pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
-        with locks.hold(f"confirm:{spec.name}"):  # one worker confirms; the others find its finished runs
-            outcome.confirmed = confirm(spec, study, data, source=source, teacher=teacher, recorder=recorder,
-                                        workdir=workdir, device=device, locks=locks, pool=confirm_pool,
-                                        train_fn=confirm_pool.train if confirm_pool is not None else None)
+        # workers on one study split the stage by (trial, seed) (study/confirm.py)
+        outcome.confirmed = confirm(spec, study, data, source=source, teacher=teacher, recorder=recorder,
+                                    workdir=workdir, device=device, locks=locks, pool=confirm_pool,
+                                    train_fn=confirm_pool.train if confirm_pool is not None else None)
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})
     if outcome.complete == 0 and outcome.failed > 0:
