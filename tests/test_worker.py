@@ -227,7 +227,7 @@ def test_two_workers_finish_exactly_n_trials_and_train_the_teacher_once(tmp_path
     optuna_url = postgres_db("optuna")
     tracking = mlflow_server(postgres_db("mlflow"))  # the compose layout: two databases, one server
     spec = write_spec(tmp_path / "spec.yaml", subset_root, name="pair", n_trials=3, storage=optuna_url,
-                      tracking_uri=tracking, student=STUDENT)
+                      tracking_uri=tracking, student=STUDENT, confirm={"top_k": 2, "seeds": [100, 101]})
     # hold the study's first lock until both workers wait on it, so they really start together
     with coordination.locks_for(optuna_url).hold("begin:pair"):
         workers = [start_worker(spec, tmp_path / f"machine{i}") for i in range(2)]
@@ -243,7 +243,13 @@ def test_two_workers_finish_exactly_n_trials_and_train_the_teacher_once(tmp_path
 
     runs = runs_by_role(tracking, "pair")
     assert len(runs["study"]) == 1
-    assert len(runs["teacher"]) == 1 and len(runs["baseline"]) == 1  # trained once, reused by the other
+    # trained once, reused by the other: the teacher, and the baselines of seed 0 and the confirmation seeds
+    assert len(runs["teacher"]) == 1
+    assert sorted(r.data.params["seed"] for r in runs["baseline"]) == ["0", "100", "101"]
+    # the confirmation stage, shared between the workers: each (trial, seed) once
+    confirmed = sorted((r.data.tags["trial"], r.data.params["seed"]) for r in runs["confirm"])
+    best_two = sorted(trials, key=lambda t: (-t.value, t.number))[:2]
+    assert confirmed == sorted((str(t.number), s) for t in best_two for s in ("100", "101"))
     distilled = runs["distilled"]
     assert sorted(int(r.data.tags["trial"]) for r in distilled) == [0, 1, 2]  # one MLflow run per trial
     assert {r.info.run_id for r in distilled} == {t.user_attrs["mlflow_run_id_seed0"] for t in trials}
