@@ -63,9 +63,21 @@ def table(report: Report) -> list[list[str]]:
 
 
 def trial_table(trials) -> tuple[list[str], list[list[str]]]:
-    keys = sorted({k for t in trials for k in t.params})
-    header = ["trial", "method", *keys, "params", "val acc %", "test acc %", "vs baseline %", "seeds"]
-    rows = [[t.trial, t.method, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in keys], f"{t.num_params:,}",
+    """One row per trial. A column per value that differs between these trials (a value they all
+    share says nothing); when they mix methods, each trial's own method params share one column."""
+    keys = sorted(k for k in {k for t in trials for k in t.params}
+                  if len({t.params.get(k) for t in trials}) > 1 or len(trials) == 1)
+    methods = {t.method for t in trials}
+    columns = [k for k in keys if "." not in k or len(methods) == 1]
+
+    def own(t) -> str:
+        prefix = f"{t.method}."
+        return ", ".join(f"{k[len(prefix):]}={t.params[k]:.4g}" for k in sorted(t.params) if k.startswith(prefix)) or "-"
+
+    header = ["trial", "method", *columns, *(["method params"] if len(methods) > 1 else []),
+              "#params", "val acc %", "test acc %", "vs baseline %", "seeds"]
+    rows = [[t.trial, t.method, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in columns],
+             *([own(t)] if len(methods) > 1 else []), f"{t.num_params:,}",
              ms(t.val_acc), ms(t.test_acc), signed(t.delta), str(len(t.test_acc))] for t in trials]
     return header, rows
 
@@ -85,6 +97,11 @@ def method_table(report: Report) -> list[list[str]]:
     return rows
 
 
+def _uses_ema(report: Report) -> bool:
+    """The EMA comparison only where some distilled run kept EMA weights."""
+    return any(xs for g, xs in report.ema[:1])
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     out = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
     return out + "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
@@ -94,8 +111,9 @@ def render_markdown(report: Report, figures: dict[str, bytes] | None = None) -> 
     parts = [f"# kdsweep report: {report.study}\n", f"{report.headline}\n", md_table(HEADER, table(report)),
              f"{CHANGE_TEXT}\n{report.epoch_note}\n",
              "## Best per method (search, selected on validation)\n", md_table(METHOD_HEADER, method_table(report)),
-             "## EMA vs no EMA (distilled runs)\n",
-             md_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
+             *(["## EMA vs no EMA (distilled runs)\n",
+                md_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema])]
+               if _uses_ema(report) else []),
              "## Top search trials (selected on validation)\n", md_table(*trial_table(report.top))]
     if report.pareto:
         parts += ["## Pareto front: accuracy vs student parameters\n", md_table(*trial_table(report.pareto))]
@@ -195,8 +213,9 @@ def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: 
              f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>",
              "<h2>Best per method (search, selected on validation)</h2>",
              _html_table(METHOD_HEADER, method_table(report)),
-             "<h2>EMA vs no EMA</h2>",
-             _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema]),
+             *(["<h2>EMA vs no EMA</h2>",
+                _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema])]
+               if _uses_ema(report) else []),
              "<h2>Top search trials (selected on validation)</h2>", _html_table(*trial_table(report.top))]
     if report.pareto:
         parts += ["<h2>Pareto front: accuracy vs student parameters</h2>", _html_table(*trial_table(report.pareto))]
