@@ -101,3 +101,20 @@ def test_rerun_continues_the_study_and_reuses_teacher_and_baseline(spec):
     run_study(spec.model_copy(update={"n_trials": 4}), recorder=rec, workdir=Path("mlruns"))
     assert len(rec.runs) == n
 
+
+
+def test_grid_sampler_made_per_trial_visits_every_point_once(tmp_path):
+    """The trial loop makes a sampler per trial (``make_sampler(spec, n)``); for the grid that
+    once drew the same point twice and left another out (its order came from a seed that changed)."""
+    from kdsweep.study import space
+    from kdsweep.study.runner import make_sampler
+
+    spec = load_spec(write_spec(tmp_path / "grid.yaml", tmp_path, sampler="grid", n_trials=4,
+                                search={"kd": {"alpha": {"choices": [0.5, 0.9]},
+                                               "temperature": {"choices": [2.0, 4.0]}}}))
+    study = optuna.create_study(direction="maximize")
+    for n in range(4):  # as coordination.run_trials drives it
+        study.sampler = make_sampler(spec, n)
+        study.optimize(lambda trial: space.sample(trial, spec) and 0.0, n_trials=1)
+    points = sorted((t.params["kd.alpha"], t.params["kd.temperature"]) for t in study.trials)
+    assert points == [(0.5, 2.0), (0.5, 4.0), (0.9, 2.0), (0.9, 4.0)]

@@ -56,7 +56,9 @@ def make_sampler(spec: StudySpec, n_existing: int) -> optuna.samplers.BaseSample
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid_space(spec), seed=seed)
+        # one seed for the study's life: the grid's order comes from it, and a sampler made per
+        # trial with another seed would map the next unvisited grid id to a point already drawn
+        return optuna.samplers.GridSampler(space.grid_space(spec), seed=spec.seeds[0])
     return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
 
 
