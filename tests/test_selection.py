@@ -118,6 +118,11 @@ def test_report_leads_with_confirmed_rows_and_their_intervals(twins):
     assert "## Top search trials (selected on validation)" in proc.stdout
     # one confirmation seed: a gain but no interval, and the report says so instead of inventing one
     assert all("one seed: no interval" in line for line in confirmed)
+    # the best-per-method table compares search trials with the search seeds' baseline (2 seeds),
+    # not with the confirmation seed's (the headline's baseline row, 1 seed)
+    headline_base = next(line for line in lines if line.startswith("| Student (baseline)"))
+    method_base = next(line for line in lines if line.startswith("| baseline (ce)"))
+    assert " +- " not in headline_base.split("|")[6] and method_base.split("|")[6].strip() == "2"
     client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("honest")
     for r in client.search_runs([exp.experiment_id], "tags.role != 'study'", max_results=1000):

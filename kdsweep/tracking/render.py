@@ -86,8 +86,8 @@ METHOD_HEADER = ["Method", "Best trial (by val)", "Val acc %", "Test acc %", "vs
 
 
 def method_table(report: Report) -> list[list[str]]:
-    """The baseline, then the best trial of each method the search drew (mean +- std over seeds)."""
-    base = report.rows[1]
+    """The search seeds' baseline, then the best trial of each method the search drew (mean +- std over seeds)."""
+    base = report.search_baseline or report.rows[1]
     rows = [["baseline (ce)", "-", ms(base.val_acc), ms(base.test_acc), "-", str(len(base.test_acc)), "-"]]
     for method in report.methods:
         t = report.best_of(method)

@@ -72,6 +72,9 @@ class Report:
     selection: str = "val"  # what the search selected on: val, or test (selection: test)
     confirmed: bool = False  # the distilled rows come from the confirmation stage
     report_epoch: str = "final"
+    # the matched baselines of the search's seeds (the headline's baseline row is the confirmation
+    # seeds' once there is a confirmation stage); the best-per-method table compares with these
+    search_baseline: Row | None = None
 
     @property
     def top(self) -> list[TrialPoint]:
@@ -266,9 +269,11 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
                      if seeds > 1 else
                      "one seed, so no spread is shown: add seeds to judge a change against the noise."))
     best_run = max(lead, key=acc)
+    search_baseline = (row("Student (baseline)", [store.get(r.data.params["baseline_run_id"]) for r in best_runs])
+                       if confirmed else rows[1])
     return Report(study=study, rows=rows, ema=ema, trials=trials, epoch_note=epoch_note,
                   best_run_id=best_run.info.run_id, top_n=top, best_terms=loss_term_curves(client, best_runs),
-                  selection=selection, confirmed=bool(confirmed), report_epoch=epoch)
+                  selection=selection, confirmed=bool(confirmed), report_epoch=epoch, search_baseline=search_baseline)
 
 
 def _search_value(rs: list, trials: list[TrialPoint], name: str) -> float:
