@@ -79,6 +79,16 @@ def test_teacher_learns_from_labels_only(data):
     assert not same_weights(a.student.model, b.student.model)
 
 
+def test_online_teacher_learns_exactly_what_it_learns_alone(data):
+    # same seed, same batches, labels only: co-training changes nothing for the teacher
+    student, teacher = cfgs()
+    online = train_online(student, teacher, data).teacher
+    alone = train(teacher, data)
+    assert same_weights(online.model, alone.model)
+    assert [(m.train_loss, m.val_acc, m.test_acc) for m in online.history] == \
+        [(m.train_loss, m.val_acc, m.test_acc) for m in alone.history]
+
+
 def test_student_learns_from_the_teacher(data):
     # alpha 0 makes the student ignore its teacher: a different teacher leaves it unchanged;
     # with alpha > 0 the teacher's logits move the student
