@@ -96,6 +96,34 @@ def test_graph_blockers():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_graph_asked_for_by_name_but_not_possible_says_why(data, monkeypatch):
+    """On CUDA, ``accel: graph`` for a run that cannot be captured warns with the reason; ``auto``
+    stays quiet. (CPU here: resolve_accel is made to answer as on CUDA; nothing is captured.)"""
+    import kdsweep.core.step as step
+
+    monkeypatch.setattr(step, "resolve_accel", lambda accel, device: (False, True))
+    cfg = kd_config(arch="resnet8", width=0.25, epochs=1, batch_size=16, lr=0.05, device="cpu", optimizer="adam")
+    model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+    loader = DeviceLoader(data.train_x, data.train_y, batch_size=16, train=True, seed=0, device=torch.device("cpu"),
+                          mean=data.mean, std=data.std)
+    opt = make_optimizer(cfg, model, torch.device("cpu"))
+
+    def runner(accel: str, **kw):
+        return step.StepRunner(cfg, model, opt, make_schedule(cfg, opt, len(loader)),
+                               lambda o: make_schedule(cfg, o, len(loader)), None, loader, None, accel=accel, **kw)
+
+    with pytest.warns(UserWarning, match=r"accel='graph': this run trains without a CUDA graph: graph mode needs "
+                                         r"the fused SGD optimizer"):
+        assert not runner("graph").graph_mode
+    cfg = kd_config(arch="resnet8", width=0.25, epochs=1, batch_size=16, lr=0.05, device="cpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, fused=True)  # as on CUDA: no blocker left
+    with pytest.warns(UserWarning, match="driven from outside"):
+        runner("graph", allow_graph=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner("auto", allow_graph=False)  # the default: eager where it must be, without a word
+
+
 def _cfg(**kw):
     base = dict(arch="resnet8", width=0.5, epochs=3, batch_size=32, lr=0.05, alpha=0.9, temperature=4.0,
                 ema_decay=0.9, device="cuda")

@@ -97,6 +97,10 @@ class StepRunner:
         self.blocker = graph_blocker(cfg, opt, ema) if graph else None
         # allow_graph=False: a packed group (kdsweep.core.packing) drives the steps eagerly
         self.graph_mode = graph and allow_graph and self.blocker is None
+        if graph and not self.graph_mode and accel != "auto":  # asked for by name: say why not
+            why = self.blocker or ("its steps are driven from outside, one batch for several nets "
+                                   "(a packed group of trials, or an online teacher and its student)")
+            warnings.warn(f"accel={accel!r}: this run trains without a CUDA graph: {why}", stacklevel=2)
         self.autocast = autocast_for(cfg, self.device)
         if self.device.type == "cuda":
             # every step has the same shapes: let cuDNN time its algorithms once, in the warm-up
