@@ -250,3 +250,11 @@ def test_markdown_lists_pareto_only_when_sizes_differ():
     assert "Pareto" not in render_markdown(report)
     report.trials = same + [TrialPoint("1", {"alpha": 0.9}, [0.6], [0.1], 200, [], True)]
     assert "## Pareto front" in render_markdown(report)
+
+
+def test_ema_comparison_only_where_a_run_kept_ema_weights(work):
+    with_ema, without = report(work, "ema"), report(work, "pareto")
+    assert with_ema.exit_code == 0 and without.exit_code == 0, (with_ema.output, without.output)
+    assert "## EMA vs no EMA (distilled runs)" in with_ema.stdout
+    assert "| distilled, EMA weights | 2 |" in with_ema.stdout  # one trial, two seeds
+    assert "EMA vs no EMA" not in without.stdout  # a table of zero runs says nothing

@@ -97,9 +97,16 @@ def method_table(report: Report) -> list[list[str]]:
     return rows
 
 
-def _uses_ema(report: Report) -> bool:
-    """The EMA comparison only where some distilled run kept EMA weights."""
-    return any(xs for g, xs in report.ema[:1])
+def sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The tables under the headline table, (title, header, rows), for every format that has sections."""
+    out = [("Best per method (search, selected on validation)", METHOD_HEADER, method_table(report))]
+    if report.ema and report.ema[0][1]:  # the EMA comparison only where some distilled run kept EMA weights
+        out.append(("EMA vs no EMA (distilled runs)", ["Group", "Runs", "Test acc %"],
+                    [[g, len(xs), ms(xs)] for g, xs in report.ema]))
+    out.append(("Top search trials (selected on validation)", *trial_table(report.top)))
+    if report.pareto:
+        out.append(("Pareto front: accuracy vs student parameters", *trial_table(report.pareto)))
+    return out
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -109,14 +116,9 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(report: Report, figures: dict[str, bytes] | None = None) -> str:
     parts = [f"# kdsweep report: {report.study}\n", f"{report.headline}\n", md_table(HEADER, table(report)),
-             f"{CHANGE_TEXT}\n{report.epoch_note}\n",
-             "## Best per method (search, selected on validation)\n", md_table(METHOD_HEADER, method_table(report)),
-             *(["## EMA vs no EMA (distilled runs)\n",
-                md_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema])]
-               if _uses_ema(report) else []),
-             "## Top search trials (selected on validation)\n", md_table(*trial_table(report.top))]
-    if report.pareto:
-        parts += ["## Pareto front: accuracy vs student parameters\n", md_table(*trial_table(report.pareto))]
+             f"{CHANGE_TEXT}\n{report.epoch_note}\n"]
+    for title, header, rows in sections(report):
+        parts += [f"## {title}\n", md_table(header, rows)]
     return "\n".join(parts)
 
 
@@ -210,15 +212,9 @@ def render_html(report: Report, figures: dict[str, bytes] | None = None, notes: 
                 *, charts: dict[str, object] | None = None) -> str:
     parts = [f"<h1>kdsweep report: {html.escape(report.study)}</h1>", f"<p><b>{html.escape(report.headline)}</b></p>",
              _html_table(HEADER, table(report)),
-             f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>",
-             "<h2>Best per method (search, selected on validation)</h2>",
-             _html_table(METHOD_HEADER, method_table(report)),
-             *(["<h2>EMA vs no EMA</h2>",
-                _html_table(["Group", "Runs", "Test acc %"], [[g, len(xs), ms(xs)] for g, xs in report.ema])]
-               if _uses_ema(report) else []),
-             "<h2>Top search trials (selected on validation)</h2>", _html_table(*trial_table(report.top))]
-    if report.pareto:
-        parts += ["<h2>Pareto front: accuracy vs student parameters</h2>", _html_table(*trial_table(report.pareto))]
+             f"<p>{html.escape(CHANGE_TEXT)} {html.escape(report.epoch_note)}</p>"]
+    for title, header, rows in sections(report):
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
     return _page(f"kdsweep report: {report.study}", parts + _html_figures(figures, notes, charts), charts)
 
 

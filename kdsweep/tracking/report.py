@@ -204,7 +204,7 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
     by_trial = _by_trial(runs)
     trials = [_trial_point(name, rs, store, acc) for name, rs in by_trial.items()]
     # validation: the search's own ranking; a tie goes to the earlier trial, as in the confirmation's choice
-    trials.sort(key=lambda t: (-t.selected_by, not t.trial.isdigit(), int(t.trial) if t.trial.isdigit() else 0))
+    trials.sort(key=lambda t: (-t.selected_by, int(t.trial) if t.trial.isdigit() else math.inf))
     mark_pareto(trials)
     best = trials[0]
     best_runs = by_trial[best.trial]
