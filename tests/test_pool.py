@@ -1,11 +1,13 @@
 """TrainingPool: trainings asked from threads are packed, answered to the right thread, and stopped together."""
 
+import threading
 import time
 
 import pytest
 
 from conftest import kd_config
 from kdsweep.core.config import TrainConfig
+from kdsweep.study.coordination import ProcessLocks
 from kdsweep.study.pool import TrainingPool
 from kdsweep.core.trainer import train
 
@@ -70,3 +72,43 @@ def test_the_first_failing_job_stops_the_others(kd_data, kd_teacher):
     out = pool.run([lost_server, later_trial])
     assert isinstance(out[0], RuntimeError)
     assert isinstance(out[1], KeyboardInterrupt) and "stopping" in str(out[1])
+
+
+def test_a_client_blocked_on_a_lock_is_not_waited_for(kd_data, kd_teacher):
+    # the baseline case: one thread trains a baseline under its lock, the other waits for that lock
+    # (it cannot train before the baseline has); the group starts at once, not gather_seconds later
+    pool = TrainingPool(2, gather_seconds=30)
+    locks = pool.locks(ProcessLocks())
+    holding = threading.Event()
+
+    def trains_under_the_lock():
+        with locks.hold("baseline"):
+            holding.set()
+            return pool.train(cfg(), kd_data, teacher=kd_teacher)
+
+    def waits_for_the_lock():
+        holding.wait()
+        with locks.hold("baseline"):
+            return pool.train(cfg(temperature=3.0), kd_data, teacher=kd_teacher)
+
+    started = time.monotonic()
+    pool.run([trains_under_the_lock, waits_for_the_lock])
+    assert pool.groups == [1, 1]
+    assert time.monotonic() - started < 20  # neither group waited out the 30 s
+
+
+def test_a_polling_client_is_not_waited_for_but_a_busy_one_is(kd_data, kd_teacher):
+    pool = TrainingPool(3, gather_seconds=30)
+
+    def polls_until_the_others_end():
+        while pool.groups == []:
+            pool.sleep(0.05)
+
+    def busy_then_trains():
+        time.sleep(3)  # a trial's light work (an MLflow run opened, a baseline found) on a slow machine
+        return pool.train(cfg(temperature=3.0), kd_data, teacher=kd_teacher)
+
+    started = time.monotonic()
+    pool.run([lambda: pool.train(cfg(), kd_data, teacher=kd_teacher), busy_then_trains, polls_until_the_others_end])
+    assert pool.groups == [2]  # the busy client was waited for; the polling one was not
+    assert time.monotonic() - started < 20

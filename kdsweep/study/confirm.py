@@ -25,7 +25,6 @@ from optuna.trial import TrialState
 from kdsweep.core.data import ImageSet
 from kdsweep.core.summary import RunSummary
 from kdsweep.core.teachers import TeacherSource
-from kdsweep.core.trainer import TrainResult
 from kdsweep.errors import StudyError
 from kdsweep.study import space
 from kdsweep.study.coordination import Locks
@@ -52,17 +51,20 @@ class Confirmation:
 
 
 def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: TeacherSource, teacher: Trained,
-            recorder: Recorder, workdir: Path, device: str, locks: Locks, pool: TrainingPool | None = None,
-            train_fn: Callable[..., TrainResult] | None = None) -> list[Confirmation]:
-    """Train (or reuse, or resume) every confirmation run of ``spec.confirm``; one entry per trial and seed."""
+            recorder: Recorder, workdir: Path, device: str, locks: Locks,
+            pool: TrainingPool | None = None) -> list[Confirmation]:
+    """Train (or reuse, or resume) every confirmation run of ``spec.confirm``; one entry per trial and seed.
+
+    ``pool`` (``jobs > 1``): the runs are trained by it, from a thread per (trial, seed).
+    """
     if spec.confirm is None:
         return []
     chosen = top_trials(study, spec.confirm.top_k)
     if not chosen:
         raise StudyError(f"study {spec.name!r}: no complete trial to confirm yet; run the search first")
-    kwargs = dict(recorder=recorder, workdir=workdir, locks=locks)
-    if train_fn is not None:
-        kwargs["train_fn"] = train_fn
+    kwargs: dict = dict(recorder=recorder, workdir=workdir, locks=locks)
+    if pool is not None:  # a thread waiting for another's baseline is idle: the pool need not wait for it
+        kwargs.update(locks=pool.locks(locks), train_fn=pool.train)
 
     def unit(trial: optuna.trial.FrozenTrial, seed: int) -> Confirmation:
         values = trial.user_attrs["values"]

@@ -207,13 +207,15 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                locks: Locks, make_sampler: Callable[[int], optuna.samplers.BaseSampler],
                timeout: float | None = None, poll: float = 2.0,
                catch: tuple[type[Exception], ...] = (Exception,),
-               stop: Callable[[], bool] = lambda: False) -> int:
+               stop: Callable[[], bool] = lambda: False,
+               sleep: Callable[[float], None] = time.sleep) -> int:
     """Run trials until the study holds ``n_trials`` finished ones; return how many this process ran.
 
     Each process starts at most as many trials as were missing when it began, so a trial that
     keeps failing cannot loop forever. While the last trials run elsewhere, it waits and keeps
     checking heartbeats, so a worker that died is noticed and its trial retried here.
-    ``stop()`` true ends the loop before the next trial (another thread of this process stopped).
+    ``stop()`` true ends the loop before the next trial (another thread of this process stopped);
+    ``sleep`` waits between looks (a ``TrainingPool``'s, which counts the thread idle meanwhile).
     """
     started = time.monotonic()
     budget = n_trials - count(study)[0]
@@ -250,7 +252,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                     continue  # not counted: the retry, here or elsewhere, is the trial's run
                 ran += 1
                 continue
-        time.sleep(poll)
+        sleep(poll)
     return ran
 
 

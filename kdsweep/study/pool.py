@@ -9,14 +9,20 @@ where it would call :func:`kdsweep.core.trainer.train`; that call blocks. One se
 Only the serving thread trains, and results come back with their weights on the CPU, so the
 device is never used by two threads at once.
 
-A group starts when K compatible requests wait, when every live client thread is waiting (no
-more can come), or ``gather_seconds`` after the last request arrived.
+A group starts when K compatible requests wait, when every live client thread is either waiting
+here or blocked elsewhere (on a lock, or polling: :meth:`TrainingPool.idle`), so no more can come
+soon, or ``gather_seconds`` after the last request arrived. A client doing a trial's light work
+(an MLflow run opened, a baseline looked up) is waited for, so trials line up even where that
+work takes seconds (an MLflow server over the network, a busy machine); one blocked on another
+client's baseline is not, since it cannot train before that baseline has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ from kdsweep.core.data import ImageSet
 from kdsweep.core.packing import can_pack, pack_key, train_group
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import EpochMetrics, RunRequest, TrainResult
+from kdsweep.study.coordination import Locks
 
 
 @dataclass
@@ -43,13 +50,14 @@ class _Pending:
 class TrainingPool:
     """Packs the trainings that up to ``size`` client threads ask for; see the module docstring."""
 
-    def __init__(self, size: int, *, gather_seconds: float = 2.0) -> None:
+    def __init__(self, size: int, *, gather_seconds: float = 10.0) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size!r}")
         self.size, self.gather_seconds = size, gather_seconds
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
         self._clients = 0  # live client threads (see run())
+        self._idle = 0  # of those, blocked outside the pool (see idle())
         self._closed: BaseException | None = None
         self.groups: list[int] = []  # size of every group trained, for logs and tests
 
@@ -123,6 +131,28 @@ class TrainingPool:
             self._close(exc, group)
             raise
 
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Mark the calling client as blocked on something other than its next training (a lock
+        another client holds, a poll): groups then form without waiting for it."""
+        with self._cond:
+            self._idle += 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._idle -= 1
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep`` for a client that polls: idle meanwhile."""
+        with self.idle():
+            time.sleep(seconds)
+
+    def locks(self, inner: Locks) -> Locks:
+        """``inner``, with the clients that wait for one of its locks counted idle while they wait."""
+        return _IdleWhileWaiting(inner, self)
+
     @property
     def closed(self) -> bool:
         return self._closed is not None
@@ -155,7 +185,7 @@ class TrainingPool:
                         if len(group) < self.size and can_pack([g.key for g in group] + [p.key]):
                             group.append(p)
                     newest = max(p.arrived for p in self._pending)
-                    everyone_waits = len(self._pending) >= self._clients
+                    everyone_waits = len(self._pending) + self._idle >= self._clients
                     if (len(group) >= self.size or everyone_waits or head.key is None
                             or time.monotonic() - newest >= self.gather_seconds):
                         for p in group:
@@ -166,6 +196,23 @@ class TrainingPool:
                 if self._clients == 0:
                     return None
                 self._cond.wait(timeout=0.5)
+
+
+class _IdleWhileWaiting:
+    """Locks whose blocking waits count the waiting client idle in its pool (``TrainingPool.locks``)."""
+
+    def __init__(self, inner: Locks, pool: TrainingPool) -> None:
+        self.inner, self.pool = inner, pool
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        with contextlib.ExitStack() as held:
+            with self.pool.idle():
+                held.enter_context(self.inner.hold(name))
+            yield
+
+    def try_hold(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        return self.inner.try_hold(name)  # never waits for another client
 
 
 def _on_host(result: TrainResult) -> TrainResult:

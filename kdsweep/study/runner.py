@@ -6,6 +6,7 @@ continues the study: finished trials are kept and only the missing ones are run.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -170,13 +171,15 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
                                    locks=locks) if teacher else None
     # jobs > 1: trials in threads hand their trainings to a pool this thread serves (study/jobs.py)
     pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
+    trial_locks = pool.locks(locks) if pool is not None else locks  # a thread waiting on a lock: idle
     objective = Objective(spec, data, source, teacher, recorder=recorder, workdir=workdir, device=device,
-                          locks=locks, train_fn=pool.train if pool is not None else train)
+                          locks=trial_locks, train_fn=pool.train if pool is not None else train)
 
     def trial_loop(st: optuna.Study) -> int:
-        return coordination.run_trials(st, objective, n_trials=spec.n_trials, locks=locks, timeout=spec.timeout,
-                                       make_sampler=lambda n: make_sampler(spec, n), poll=max(0.5, heartbeat / 2),
-                                       stop=lambda: pool is not None and pool.closed)
+        return coordination.run_trials(st, objective, n_trials=spec.n_trials, locks=trial_locks,
+                                       timeout=spec.timeout, make_sampler=lambda n: make_sampler(spec, n),
+                                       poll=max(0.5, heartbeat / 2), stop=lambda: pool is not None and pool.closed,
+                                       sleep=pool.sleep if pool is not None else time.sleep)
 
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
@@ -198,8 +201,7 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
         confirm_pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
         # workers on one study split the stage by (trial, seed) (study/confirm.py)
         outcome.confirmed = confirm(spec, study, data, source=source, teacher=teacher, recorder=recorder,
-                                    workdir=workdir, device=device, locks=locks, pool=confirm_pool,
-                                    train_fn=confirm_pool.train if confirm_pool is not None else None)
+                                    workdir=workdir, device=device, locks=locks, pool=confirm_pool)
     recorder.end_study({"complete": outcome.complete, "pruned": outcome.pruned, "failed": outcome.failed,
                         "best_value": outcome.best_value})
     if outcome.complete == 0 and outcome.failed > 0:
