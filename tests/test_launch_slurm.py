@@ -54,6 +54,18 @@ class Cluster:
             time.sleep(1)
         raise AssertionError(f"job {job_id} not done after {timeout:.0f} s: {self.job(job_id)}\n{self.logs()}")
 
+    def release_requeued(self, task: str, timeout: float = 180) -> None:
+        """Start a requeued task now: SLURM holds it back about 2 minutes (Reason=BeginTime), which
+        an admin (or a test with nothing to wait for) lifts with ``scontrol update StartTime=now``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            (info,) = self.job(task)
+            if info["JobState"] == "PENDING" and info.get("Reason") == "BeginTime":
+                self.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{task} was not held back after its requeue within {timeout:.0f} s: {self.job(task)}")
+
     def logs(self) -> str:
         return "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted(self.root.rglob("*.log")))
 
@@ -258,7 +270,8 @@ def test_task_requeued_mid_trial_resumes_its_trial_from_the_last_epoch(slurm, tm
         slurm.run("scontrol", "requeue", task_of(pid))  # as a preemption does: TERM to the task, back in the queue
 
     interrupted = act_mid_trial(storage, "requeued", epochs, requeue)
-    (task,) = slurm.wait_done(job, 420)  # the requeued task waits about 2 minutes (BeginTime) before it starts
+    slurm.release_requeued(f"{job}_0")  # back in the queue, held ~2 minutes by SLURM: start it now
+    (task,) = slurm.wait_done(job, 420)
     log = (tmp_path / "mlruns" / "launch" / "requeued" / f"{job}_0.log").read_text()
     assert (task["JobState"], task["Restarts"]) == ("COMPLETED", "1"), log
     assert "restart 1," in log and "Interrupted" in log
