@@ -211,7 +211,8 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
                    f"(runs per loop: {', '.join(map(str, outcome.packed))})")
     if outcome.confirmed:
         trials = sorted({c.trial for c in outcome.confirmed})
-        click.echo(f"confirmed trials {', '.join(map(str, trials))} (the best by validation) on seeds "
+        which = "the best of each method" if spec.confirm.per_method else "the best"
+        click.echo(f"confirmed trials {', '.join(map(str, trials))} ({which} by validation) on seeds "
                    f"{', '.join(map(str, spec.confirm.seeds))}: {len(outcome.confirmed)} runs")
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")

@@ -35,11 +35,21 @@ from kdsweep.study.tables import describe_source
 from kdsweep.study.teacher import Trained, obtain
 
 
-def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The ``k`` complete trials with the best value (validation), best first; ties keep the earlier trial."""
+def top_trials(study: optuna.Study, k: int, *, per_method: bool = False) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` complete trials with the best value (validation), best first; ties keep the earlier
+    trial. ``per_method``: the best ``k`` of each KD method, still in that order."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "values" in t.user_attrs]
     done.sort(key=lambda t: (-t.values[0], t.number))
-    return done[:k]
+    if not per_method:
+        return done[:k]
+    taken: dict[str, int] = {}
+    chosen = []
+    for t in done:
+        method = t.user_attrs["values"].get("method", "kd")
+        if taken.get(method, 0) < k:
+            taken[method] = taken.get(method, 0) + 1
+            chosen.append(t)
+    return chosen
 
 
 @dataclasses.dataclass
@@ -59,7 +69,7 @@ def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: Tea
     """
     if spec.confirm is None:
         return []
-    chosen = top_trials(study, spec.confirm.top_k)
+    chosen = top_trials(study, spec.confirm.top_k, per_method=spec.confirm.per_method)
     if not chosen:
         raise StudyError(f"study {spec.name!r}: no complete trial to confirm yet; run the search first")
     kwargs: dict = dict(recorder=recorder, workdir=workdir, locks=locks)

@@ -292,9 +292,12 @@ StudentSpec = create_model("StudentSpec", __base__=_StudentBase, **_method_model
 
 class ConfirmSpec(Strict):
     """After the search: the top ``top_k`` trials by validation, and their baselines, trained again on
-    ``seeds`` that the search never used; the report's headline numbers come from these runs."""
+    ``seeds`` that the search never used; the report's headline numbers come from these runs.
+    ``per_method``: the top ``top_k`` of each KD method the search drew (``top_k: 1``: the confirmed
+    best of each method), so methods are compared on fresh seeds too."""
 
     top_k: int = Field(default=3, ge=1, le=100)
+    per_method: bool = False
     seeds: list[Int64] = Field(default=[100, 101, 102, 103, 104], min_length=1, max_length=MAX_ITEMS)
 
     @field_validator("seeds")
