@@ -43,7 +43,7 @@ def one_thread():
 def cpu_kind() -> tuple[str, str]:
     """(vendor, capability) of this CPU, e.g. ("GenuineIntel", "AVX512")."""
     try:
-        found = re.search(r"^vendor_id\s*:\s*(\S+)", Path("/proc/cpuinfo").read_text(), re.M)
+        found = re.search(r"^vendor_id\s*:\s*(\S+)", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
     except OSError:
         found = None
     return (found.group(1) if found else "unknown", torch.backends.cpu.get_cpu_capability())

@@ -25,6 +25,11 @@ METRIC_SPLITS = {"final_test_acc": "test", "final_test_acc_raw": "test", "final_
                  "best_val_acc": "validation"}
 DIGEST_CHARS = 36  # MLflow's limit on a dataset digest
 NOT_IN_MODEL_NAMES = re.compile(r"[/:.%\"']")  # MLflow refuses these in a LoggedModel's name
+# The signature states the input, so MLflow's "no input example" warning says nothing here. It is
+# filtered for good, not in a catch_warnings block: trials log models from several threads, and
+# another thread's block ending mid-save restores the filters from before ours.
+warnings.filterwarnings("ignore", message=".*An input example was not provided when logging the model",
+                        category=UserWarning)
 
 
 def model_name(run_name: str) -> str:
@@ -101,11 +106,9 @@ def log_final_model(client, *, experiment_id: str, run_id: str, name: str, role:
         with tempfile.TemporaryDirectory(prefix="kdsweep-model-") as tmp:
             local = Path(tmp) / "model"
             meta = Model(artifact_path=model.artifact_location, model_id=model.model_id, run_id=run_id)
-            with warnings.catch_warnings():  # "no input example": the signature states the input
-                warnings.simplefilter("ignore", UserWarning)
-                mlflow.pyfunc.save_model(str(local), python_model=str(SERVED), artifacts={"weights": str(checkpoint)},
-                                         model_config=config, signature=signature, pip_requirements=requirements,
-                                         mlflow_model=meta)
+            mlflow.pyfunc.save_model(str(local), python_model=str(SERVED), artifacts={"weights": str(checkpoint)},
+                                     model_config=config, signature=signature, pip_requirements=requirements,
+                                     mlflow_model=meta)
             client.log_model_artifacts(model.model_id, str(local))
         client.log_batch(run_id, metrics=final_metrics(summary, data, model_id=model.model_id, step=step))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])

@@ -24,6 +24,8 @@ from kdsweep.errors import TrackingError
 from kdsweep.interrupts import held
 from kdsweep.stores import DEFAULT_ARTIFACTS, sqlite_file
 from kdsweep.study.recorder import FinishedRun, RunInfo
+# imported before any trial thread starts: the module installs a warning filter
+from kdsweep.tracking.logged_models import dataset_inputs, final_metrics, log_final_model
 
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 # MLflow's own tag for a model-development experiment (not GenAI). MLflow 3.17's UI still opens a bare
@@ -350,8 +352,6 @@ class MlflowRecorder:
         summary = summary.as_metrics()  # the typed record, as the flat metrics MLflow holds
         if checkpoint is not None:
             self.client.log_artifact(run_id, str(checkpoint), artifact_path="checkpoint")
-        from kdsweep.tracking.logged_models import final_metrics, log_final_model
-
         if checkpoint is not None and role is not None and "arch" in params and self.data:
             name = self.client.get_run(run_id).info.run_name  # the model says what it is, as its run does
             log_final_model(self.client, experiment_id=self.experiment_id, run_id=run_id, name=name, role=role,
@@ -378,8 +378,6 @@ class MlflowRecorder:
 
     def _log_inputs(self, run_id: str) -> None:
         """The study's data splits (train, validation where there is one, test) as the run's inputs."""
-        from kdsweep.tracking.logged_models import dataset_inputs
-
         inputs = dataset_inputs(self.data)
         if inputs:
             self.client.log_inputs(run_id, datasets=inputs)
