@@ -161,7 +161,10 @@ def check(storage: str, tracking_uri: str, trials: int, outputs: list[tuple[int,
             problems.append(f"worker {i} exited {code}: {text.strip().splitlines()[-1:] or ''}")
         if "too many clients" in text:
             problems.append(f"worker {i}: PostgreSQL said 'too many clients'")
-    all_trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+    try:
+        all_trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+    except KeyError:  # no worker got as far as creating the study
+        return problems + [f"no study {STUDY!r} in the storage: no worker started it"], {}, 0.0
     states: dict[str, int] = {}
     for t in all_trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -203,10 +206,12 @@ def soak(server_url: str, *, workers: int, trials: int, data_root: Path, folder:
     from kdsweep.tracking.server import ServerOptions, launch
 
     server_url = server_url.rstrip("/")
-    folder.mkdir(parents=True, exist_ok=True)
-    names = make_databases(server_url, f"soak_{uuid.uuid4().hex[:10]}")
+    # each worker runs in a folder of its own: paths handed to it must not be relative to this one
+    folder, data_root = folder.resolve(), data_root.resolve()
+    names = make_databases(server_url, f"soak_{uuid.uuid4().hex[:10]}")  # first: a wrong URL creates nothing
     server, procs = None, []
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         opts = ServerOptions(port=free_port(), backend_store_uri=f"{server_url}/{names['mlflow']}",
                              artifacts_destination=str(folder / "server" / "artifacts"), workers=server_workers,
                              log_file=folder / "server" / "server.log")
@@ -257,8 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.postgres:
         p.error("--postgres (or $KDSWEEP_TEST_POSTGRES) is required")
-    result = soak(args.postgres, workers=args.workers, trials=args.trials, data_root=args.data_root,
-                  folder=args.folder)
+    import sqlalchemy.exc
+
+    from kdsweep.stores import masked
+
+    try:
+        result = soak(args.postgres, workers=args.workers, trials=args.trials, data_root=args.data_root,
+                      folder=args.folder)
+    except sqlalchemy.exc.OperationalError as exc:  # wrong password, nothing listening: one line
+        reason = str(exc.orig or exc).strip().splitlines()[0][:200]
+        print(f"Error: --postgres {masked(args.postgres)}: {reason}", file=sys.stderr)
+        return 2
     for line in result.lines():
         print(line)
     if args.json:
