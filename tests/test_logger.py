@@ -218,21 +218,18 @@ import sys, warnings
 from pathlib import Path
 
 import mlflow.pyfunc
-import torch
 
 from kdsweep.core.data import synthetic_imageset
-from kdsweep.core.models import build_model
-from kdsweep.core.summary import RunSummary
-from kdsweep.study.recorder import RunInfo, describe_data
+from kdsweep.study.recorder import describe_data
 from kdsweep.tracking.logger import MlflowRecorder
+
+sys.path.insert(0, sys.argv[2])
+from test_logger import finished_student  # the same run as the in-process tests log
 
 tmp = Path(sys.argv[1])
 data = synthetic_imageset(n_train=64, n_test=32, num_classes=4, size=16, seed=0)
 rec = MlflowRecorder(f"sqlite:///{tmp}/mlflow.db", artifacts=str(tmp / "artifacts"), workdir=tmp / "work")
 rec.begin_study("s", {"spec": {}, "data_identity": data.identity, "data": describe_data(data, tmp)})
-ckpt = tmp / "student.pt"
-torch.save({"arch": "resnet8", "width": 0.25, "num_classes": 4,
-            "state_dict": build_model("resnet8", num_classes=4, width=0.25).state_dict()}, ckpt)
 real_save = mlflow.pyfunc.save_model
 with warnings.catch_warnings(record=True) as caught:
     other_thread = warnings.catch_warnings()  # entered before the model is saved...
@@ -243,8 +240,7 @@ with warnings.catch_warnings(record=True) as caught:
         return real_save(*args, **kwargs)
 
     mlflow.pyfunc.save_model = save_while_the_other_thread_leaves
-    run_id = rec.start(RunInfo("distilled", "k", {"arch": "resnet8", "width": 0.25, "seed": 0}, {"seed": "0"}))
-    rec.finish(run_id, RunSummary(final_epoch=1, final_test_acc=0.25, final_train_acc=0.5, num_params=10), ckpt)
+    finished_student(rec, data, tmp)
 print("models", len(rec.client.search_logged_models([rec.experiment_id])))
 print("shown", [str(w.message)[:60] for w in caught if "input example" in str(w.message)])
 """
@@ -257,8 +253,8 @@ def test_no_input_example_warning_even_when_another_thread_restores_the_filters(
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", INTERLEAVED, str(tmp_path)], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-c", INTERLEAVED, str(tmp_path), str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "models 1" in out.stdout, out.stdout
     assert "shown []" in out.stdout, out.stdout + out.stderr[-2000:]
