@@ -1,0 +1,28 @@
+"""Teacher and student networks, looked up by name so a study spec can pick them.
+
+One file per family, each registering its builders in ``MODELS``. Every builder has the
+signature ``(num_classes, width=1.0, in_channels=3)``. ``width`` multiplies channel counts, so
+one family gives a teacher (1.0) and thinner students (0.5, 0.25) without a new class per size.
+All networks end in adaptive average pooling, so CIFAR 32px batches and 160px image-folder
+batches go through the same model. Plain ``nn.Module`` layers only: channels_last and bf16
+autocast work without special cases.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from kdsweep.core.models.registry import MODELS
+from kdsweep.core.models import plain_cnn, resnet, torchvision_resnet  # noqa: F401  (they register)
+
+__all__ = ["MODELS", "build_model", "count_params"]
+
+
+def build_model(name: str, *, num_classes: int, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    """Build a registered model; unknown names raise ValueError listing the choices."""
+    return MODELS.get(name)(num_classes=num_classes, width=width, in_channels=in_channels)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters, the size reported for teacher/student pairs."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
