@@ -13,16 +13,15 @@ import torch.nn.functional as F
 from kdsweep.core.data import (
     DATASETS, DeviceLoader, augment, load_dataset, num_views, offsets_to_view, synthetic_imageset, view_to_offsets,
 )
+from conftest import SUBSET, require_or_skip
 from kdsweep.errors import DataError
-
-# The shared folder sits beside the checkout (/work/main and /work/shared; ../shared in CI).
-SUBSET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-subset"
 
 
 @pytest.fixture(scope="module")
 def subset() -> Path:
     if not (SUBSET / "cifar-10-batches-bin" / "test_batch.bin").is_file():
-        pytest.skip(f"CIFAR-10 subset not found at {SUBSET}")
+        # CI (KDSWEEP_REQUIRE_SERVICES=1) has the subset: its absence there is a failure, not a skip
+        require_or_skip(f"CIFAR-10 subset not found at {SUBSET}")
     return SUBSET
 
 
