@@ -78,12 +78,20 @@ def test_checkpoint_of_another_config_is_not_resumed(data, tmp_path):
     assert other.resumed_from_epoch == 0
 
 
+def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_distillation_uses_the_teacher(data):
-    teacher = train(cfg(epochs=3, width=0.5), data).model
-    a = train(cfg(epochs=1, alpha=0.9, temperature=4.0), data, teacher=OnlineTeacher(teacher))
-    b = train(cfg(epochs=1, alpha=0.0), data)
-    # same seed and batches: only the teacher term differs
-    assert a.final.train_loss != pytest.approx(b.final.train_loss)
+    # two different teachers (other initial weights), one student seed and the same batches: a KD
+    # student must come out different, so the teacher's logits reach its loss
+    teachers = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        teachers.append(OnlineTeacher(build_model("resnet8", num_classes=4, width=0.5)))
+    kd = [train(cfg(epochs=1, alpha=0.9, temperature=4.0), data, teacher=t) for t in teachers]
+    assert not _weights_equal(kd[0].model, kd[1].model), "two teachers trained bit-identical students"
+    assert kd[0].final.loss_terms["kd"] != pytest.approx(kd[1].final.loss_terms["kd"])
 
 
 def test_alpha_without_teacher_is_refused(data):
@@ -120,11 +128,33 @@ def test_same_seed_same_metrics(data):
            [dataclasses.replace(m, epoch_seconds=0, images_per_second=0) for m in b.history]
 
 
-def test_evaluate_split_of_untrained_model_is_near_chance(data):
-    model = build_model("resnet8", num_classes=4, width=0.25)
-    train_acc, test_acc, val_acc = evaluate_split(model, data)
-    assert 0.0 <= train_acc <= 1.0 and 0.0 <= test_acc <= 0.6
-    assert val_acc is None  # no validation split held out of this data
+class ConstantClass(torch.nn.Module):
+    """Predicts class ``k`` for every image: its accuracy on a split is exactly k's share of the labels."""
+
+    def __init__(self, k: int, num_classes: int = 4) -> None:
+        super().__init__()
+        self.k, self.num_classes = k, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.full((len(x),), self.k), self.num_classes).float()
+
+
+def test_evaluate_split_gives_each_split_its_own_accuracy(data):
     from kdsweep.core.split import hold_out
 
-    assert 0.0 <= evaluate_split(model, hold_out(data, 0.25, seed=0))[2] <= 0.6
+    # labels drawn unevenly, so each class has another share in each split and a mixed-up split shows
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    uneven = dataclasses.replace(data, train_y=torch.multinomial(probs, len(data.train_y), True, generator=g),
+                                 test_y=torch.multinomial(probs.flip(0), len(data.test_y), True, generator=g))
+    held = hold_out(uneven, 0.25, seed=0)
+    shares = set()
+    for k in range(4):
+        train_acc, test_acc, val_acc = evaluate_split(ConstantClass(k), uneven)
+        assert val_acc is None  # no validation split held out of this data
+        assert train_acc == (uneven.train_y == k).sum().item() / len(uneven.train_y)
+        assert test_acc == (uneven.test_y == k).sum().item() / len(uneven.test_y)
+        _, _, val_acc = evaluate_split(ConstantClass(k), held)
+        assert val_acc == (held.val_y == k).sum().item() / len(held.val_y)
+        shares |= {train_acc, test_acc}
+    assert len(shares) == 8  # eight distinct counts: no split could stand in for another
