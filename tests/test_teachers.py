@@ -83,8 +83,21 @@ def test_table_cache_is_reused_and_keyed(teacher, tmp_path):
     first = table_for(teacher, data, device="cpu", bf16=False, cache_dir=tmp_path)
     files = list(tmp_path.glob("teacher-table-*.pt"))
     assert len(files) == 1 and first.key in files[0].name
-    again = table_for(teacher, data, device="cpu", bf16=False, cache_dir=tmp_path)
-    assert torch.equal(first.logits, again.logits)
+    # mark the saved table: what the next call returns must be the file's content, and the
+    # teacher must not run (recomputing would give the unmarked logits)
+    TeacherTable(first.logits + 100.0, first.pad, first.key, first.data_identity).save(files[0])
+    forwards = []
+    hook = teacher.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        again = table_for(teacher, data, device="cpu", bf16=False, cache_dir=tmp_path)
+    finally:
+        hook.remove()
+    assert forwards == [] and torch.equal(again.logits, first.logits + 100.0)
+    # another data set is another key: computed afresh, in a second file
+    other = synthetic_imageset(n_train=6, n_test=2, num_classes=4, size=16, seed=5)
+    fresh = table_for(teacher, other, device="cpu", bf16=False, cache_dir=tmp_path)
+    assert fresh.key != first.key and len(list(tmp_path.glob("teacher-table-*.pt"))) == 2
+    assert (fresh.logits - first.logits).abs().max() < 100  # not the marked table
     with pytest.raises(CheckpointError, match="not 'someotherkey'"):
         TeacherTable.load(files[0], key="someotherkey")
 
