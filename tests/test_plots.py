@@ -22,11 +22,35 @@ def image(png: bytes) -> Image.Image:
     return img
 
 
-def test_epoch_curves_draws_one_line_per_role():
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the module renders, kept for a look at their data (still rendered for real)."""
+    figures = []
+    real = plots.to_png
+
+    def keep(fig):
+        figures.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(plots, "to_png", keep)
+    return figures
+
+
+def test_epoch_curves_draws_one_line_per_role(drawn):
     png = plots.epoch_curves({"teacher": [[(1, 0.5), (2, 0.7)]],
                               "student": [[(1, 0.3), (2, 0.4)], [(1, 0.35), (2, 0.45)]]}, title="t")
     img = image(png)
     assert img.width > 300 and img.height > 200
+    (ax,) = drawn[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"teacher (1 seed)", "student (2 seeds)"}
+    assert list(lines["teacher (1 seed)"].get_xdata()) == [1, 2]
+    assert list(lines["teacher (1 seed)"].get_ydata()) == pytest.approx([50, 70])
+    assert list(lines["student (2 seeds)"].get_ydata()) == pytest.approx([32.5, 42.5])  # the mean of its seeds
+    # one min..max band, the student's: 30..35 % at epoch 1, 40..45 % at epoch 2
+    (band,) = ax.collections
+    corners = {(round(x, 6), round(y, 6)) for x, y in band.get_paths()[0].vertices}
+    assert corners == {(1, 30), (2, 40), (2, 45), (1, 35)}
 
 
 def test_epoch_curves_with_nothing_to_draw_is_none():
@@ -43,9 +67,18 @@ def test_param_scatter_skips_parameters_no_trial_has():
     assert img.width > img.height
 
 
-def test_pareto_plot_needs_two_sizes():
+def test_pareto_plot_needs_two_sizes(drawn):
     assert plots.pareto_plot([(100, 0.5, True, "a"), (100, 0.6, True, "b")]) is None
-    image(plots.pareto_plot([(100, 0.5, True, "a"), (300, 0.7, True, "b"), (300, 0.6, False, "c")]))
+    assert drawn == []
+    image(plots.pareto_plot([(300, 0.7, True, "b"), (100, 0.5, True, "a"), (300, 0.6, False, "c")]))
+    (ax,) = drawn[0].axes
+    # the front joins its trials by size; the dominated one is a separate grey point
+    (front,) = ax.get_lines()
+    assert front.get_label() == "Pareto front"
+    assert list(front.get_xdata()) == [100, 300] and list(front.get_ydata()) == pytest.approx([50, 70])
+    (rest,) = ax.collections
+    assert rest.get_label() == "dominated trials" and rest.get_offsets().tolist() == [[300, 60]]
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "b"]
 
 
 def _study(n: int, directions=("maximize",)) -> optuna.Study:
