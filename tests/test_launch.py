@@ -6,10 +6,12 @@ The real SLURM runs are in test_launch_slurm.py.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import optuna
 import pytest
@@ -206,15 +208,80 @@ def test_k8s_container_command_runs_outside_a_container_against_postgres(tmp_pat
     assert [t.state for t in trials] == [TrialState.COMPLETE]
 
 
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """``path``'s instructions as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    out, pending = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        word, _, rest = (pending + line).partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    return out
+
+
+def image_files(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """Where each COPY puts what: image path -> path in the build context."""
+    placed = {}
+    for word, rest in instructions:
+        if word == "COPY":
+            *sources, dest = [a for a in shlex.split(rest) if not a.startswith("--")]
+            for src in sources:
+                into = dest.endswith("/") or len(sources) > 1
+                placed[str(PurePosixPath(dest) / PurePosixPath(src).name) if into else dest.rstrip("/")] = src
+    return placed
+
+
+def pip_targets(instructions: list[tuple[str, str]]) -> list[str]:
+    """What the RUN lines give ``pip install`` (flags left out)."""
+    targets = []
+    for word, rest in instructions:
+        if word == "RUN":
+            for command in rest.split("&&"):
+                argv = shlex.split(command)
+                if argv[:2] == ["pip", "install"] or argv[:4] == ["python", "-m", "pip", "install"]:
+                    targets += [a for a in argv[argv.index("install") + 1:] if not a.startswith("-")]
+    return targets
+
+
 def test_worker_image_runs_the_command_the_job_gives():
     from conftest import REPO
 
-    lines = [line.strip() for line in (REPO / "docker" / "worker.Dockerfile").read_text().splitlines()]
-    base = next(line for line in lines if line.startswith("ARG BASE="))
-    assert base.startswith("ARG BASE=pytorch/pytorch:") and "cuda" in base  # FROM a CUDA PyTorch base
-    assert "FROM ${BASE}" in lines and "WORKDIR /work" in lines
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+
+    steps = dockerfile(REPO / "docker" / "worker.Dockerfile")
+    last = {word: rest for word, rest in steps}  # the instruction that counts: the last of its kind
+    base = next(rest for word, rest in steps if word == "ARG" and rest.startswith("BASE="))
+    assert base.startswith("BASE=pytorch/pytorch:") and "cuda" in base  # FROM a CUDA PyTorch base
+    assert [rest for word, rest in steps if word == "FROM"] == ["${BASE}"]
+    # the image installs kdsweep itself: pip is given the folder the COPYs filled with this repo's
+    # project (pyproject.toml, the readme it names, the package), with extras the project has
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    placed = image_files(steps)
+    installed = []
+    for target in pip_targets(steps):
+        folder, _, extras = target.partition("[")
+        if placed.get(f"{folder}/pyproject.toml") == "pyproject.toml":
+            assert placed.get(f"{folder}/kdsweep") == "kdsweep" and placed.get(f"{folder}/{project['readme']}")
+            assert set(extras.rstrip("]").split(",")) <= set(project["optional-dependencies"])
+            installed.append(extras.rstrip("]").split(","))
+    assert installed == [["postgres"]], f"pip installs {pip_targets(steps)}, not the copied project"  # the workers' store is PostgreSQL
+    # the build context lets those files through (everything else is ignored)
+    ignore = (REPO / "docker" / "worker.Dockerfile.dockerignore").read_text().splitlines()
+    assert all(f"!{src}" in ignore or f"!{src}/" in ignore for src in placed.values())
+    # the Job's command replaces the image's ENTRYPOINT and runs the image's own command: the
+    # `kdsweep` script the project installs, in the image's working folder
     job = k8s.indexed_job(k8s.K8sJob(study="lab", workers=1, image="img", spec_text="", args=[]))
     container = job["spec"]["template"]["spec"]["containers"][0]
-    # the image installs the `kdsweep` entry point, and the Job's command and folder are the image's
-    assert container["command"][:3] == ["kdsweep", "study", "worker"] and container["workingDir"] == "/work"
-    assert 'CMD ["kdsweep", "study", "worker", "--help"]' in lines and any("pip install" in line for line in lines)
+    assert json.loads(last["ENTRYPOINT"]) == []
+    cmd = json.loads(last["CMD"])
+    assert container["command"][:3] == cmd[:3] == ["kdsweep", "study", "worker"]
+    assert project["scripts"][cmd[0]] == "kdsweep.cli:main"
+    assert container["workingDir"] == last["WORKDIR"]
