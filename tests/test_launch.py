@@ -272,7 +272,8 @@ def test_worker_image_runs_the_command_the_job_gives():
             assert placed.get(f"{folder}/kdsweep") == "kdsweep" and placed.get(f"{folder}/{project['readme']}")
             assert set(extras.rstrip("]").split(",")) <= set(project["optional-dependencies"])
             installed.append(extras.rstrip("]").split(","))
-    assert installed == [["postgres"]], f"pip installs {pip_targets(steps)}, not the copied project"  # the workers' store is PostgreSQL
+    # once, with the PostgreSQL driver: the workers' store
+    assert installed == [["postgres"]], f"pip installs {pip_targets(steps)}, not the copied project"
     # the build context lets those files through (everything else is ignored)
     ignore = (REPO / "docker" / "worker.Dockerfile.dockerignore").read_text().splitlines()
     assert all(f"!{src}" in ignore or f"!{src}/" in ignore for src in placed.values())
