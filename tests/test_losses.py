@@ -52,6 +52,10 @@ def test_bf16_inputs_are_computed_in_float32():
     half = kd_loss(s.bfloat16(), y, t.bfloat16(), alpha=0.5, temperature=4.0)
     assert half.dtype == torch.float32
     assert half.item() == pytest.approx(full.item(), rel=2e-2)
+    # float32 arithmetic on the bf16 values: the float32 loss of those very values, to float32
+    # rounding (a bf16 softmax or log would be off by ~1e-2 relative, and only cast at the end)
+    widened = kd_loss(s.bfloat16().float(), y, t.bfloat16().float(), alpha=0.5, temperature=4.0)
+    assert half.item() == pytest.approx(widened.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, word", [
