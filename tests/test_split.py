@@ -50,6 +50,11 @@ def test_identity_and_statistics_follow_the_split(data):
     split = hold_out(data, 0.1, seed=0)
     assert split.identity != data.identity  # caches keyed by it never mix splits
     assert split.mean != data.mean  # normalised by what is trained on
+    # ... exactly: the per-channel statistics of the images left to train on (a population std),
+    # computed here with torch's own reductions
+    pixels = split.train_x.double().div(255).permute(1, 0, 2, 3).flatten(1)
+    assert split.mean == pytest.approx(pixels.mean(1).tolist(), abs=1e-9)
+    assert split.std == pytest.approx(pixels.std(1, correction=0).tolist(), abs=1e-9)
 
 
 def test_holding_out_everything_is_refused(data):
