@@ -176,12 +176,44 @@ def test_compare_puts_two_studies_side_by_side(work):
     assert ema_row.split("|")[2].strip() == "-"
 
 
+def chart_traces(page: str, name: str) -> list[dict]:
+    """The plotly traces of chart ``name`` as the page hands them to ``Plotly.newPlot``."""
+    start = page.index("[", page.index(f'"plot-{name}",'))
+    return json.JSONDecoder().raw_decode(page, start)[0]
+
+
+def mean_curve(c: MlflowClient, runs: list) -> list[float]:
+    """Test accuracy % per epoch (of the EMA weights where a run kept them: what it is judged by),
+    the mean over ``runs`` (their seeds)."""
+    histories = []
+    for r in runs:
+        points = c.get_metric_history(r.info.run_id, "test_acc_ema") or c.get_metric_history(r.info.run_id, "test_acc")
+        histories.append([m.value for m in sorted(points, key=lambda m: m.step)])
+    return [100 * statistics.fmean(epoch) for epoch in zip(*histories)]
+
+
 def test_compare_html_has_per_role_plots(work):
     out = work / "compare.html"
     proc = report(work, "--compare", "pareto", "ema", "--format", "html", "--out", str(out))
     assert proc.exit_code == 0, proc.output
+    page = out.read_text()
     assert {"compare_teacher", "compare_baseline", "compare_distilled"} <= set(
-        re.findall(r"<figure class='chart' data-name='([a-z_]+)'>", out.read_text()))
+        re.findall(r"<figure class='chart' data-name='([a-z_]+)'>", page))
+    # each role's chart holds one curve per study, the mean over seeds of the runs its table row shows:
+    # the one teacher (trained by the first study, reused by the second), each study's best trial
+    # by validation, and the baseline of that trial's width
+    c = client(work)
+    experiments = {study: c.get_experiment_by_name(study).experiment_id for study in ("pareto", "ema")}
+    (teacher,) = c.search_runs(list(experiments.values()), "tags.role = 'teacher'")
+    for study, exp in experiments.items():
+        best = min(distilled_by_trial(work, study).values(),
+                   key=lambda rs: (-statistics.fmean(r.data.metrics["final_val_acc"] for r in rs),
+                                   int(rs[0].data.tags["trial"])))
+        width = best[0].data.params["width"]
+        baseline = c.search_runs([exp], f"tags.role = 'baseline' and params.width = '{width}'")
+        for role, runs in (("teacher", [teacher]), ("baseline", baseline), ("distilled", best)):
+            (line,) = [t for t in chart_traces(page, f"compare_{role}") if t.get("name", "").startswith(f"{study} (")]
+            assert line["x"] == [1, 2] and line["y"] == pytest.approx(mean_curve(c, runs)), (study, role)
 
 
 @pytest.mark.parametrize("args", [("pareto", "ema"), ("--compare", "pareto"), ("nosuch",),
