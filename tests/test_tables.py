@@ -49,17 +49,32 @@ TINY = {  # 40 training images: the table is 40 x 162 teacher forwards
 
 def test_study_with_the_table_runs_trials_from_a_cached_table(tmp_path, subset_root, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # note which source gave each batch its teacher logits (the real table and teacher still answer)
+    served = []
+    for source in (TableTeacher, OnlineTeacher):
+        def noted(self, batch, call=source.__call__, kind=source.__name__):
+            served.append((kind, batch.view is not None))
+            return call(self, batch)
+
+        monkeypatch.setattr(source, "__call__", noted)
     tiny = {**TINY, "data": {"dataset": "cifar10", "root": str(subset_root), "limit_per_file": 8}}
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", subset_root, n_trials=2, **tiny))
     outcome = run_study(spec, recorder=NullRecorder(), workdir=Path("mlruns"))
     assert outcome.complete == 2
+    # every training batch of the trials: a lookup in the table (not the online teacher)
+    assert served and set(served) == {("TableTeacher", True)}
     tables = list(Path("mlruns/tables").glob("teacher-table-*.pt"))
     assert len(tables) == 1
     stamp = tables[0].stat().st_mtime_ns
-    # a rerun with the same teacher and data reads the file (NullRecorder retrains the same teacher)
-    spec2 = load_spec(write_spec(tmp_path / "tiny2.yaml", subset_root, n_trials=1, name="tiny2", **tiny))
+    # a rerun with the same teacher and data reads the file (NullRecorder retrains the same teacher);
+    # its trial draws another temperature, so it trains (the same config would resume the first
+    # study's finished checkpoint and train nothing)
+    served.clear()
+    other = {**tiny, "search": {**tiny["search"], "kd": {"temperature": {"choices": [2.0]}}}}
+    spec2 = load_spec(write_spec(tmp_path / "tiny2.yaml", subset_root, n_trials=1, name="tiny2", **other))
     assert run_study(spec2, recorder=NullRecorder(), workdir=Path("mlruns")).complete == 1
     assert [t.stat().st_mtime_ns for t in Path("mlruns/tables").glob("*.pt")] == [stamp]
+    assert served and set(served) == {("TableTeacher", True)}  # and its trial's batches came from it
 
 
 def test_teacher_source_types_and_how_runs_record_them(tmp_path):
