@@ -253,8 +253,9 @@ class MlflowRecorder:
 
     def _tag_published(self, spec: dict[str, Any]) -> None:
         # a tag, not a param: a resumed study may correct its spec's published numbers
-        if spec.get("published"):
-            self.client.set_tag(self.parent_id, "published", json.dumps(spec["published"]))
+        published = {k: v for k, v in (spec.get("published") or {}).items() if v is not None}
+        if published:
+            self.client.set_tag(self.parent_id, "published", json.dumps(published))
 
     def end_study(self, summary: dict[str, Any]) -> None:
         if self.parent_id is None:

@@ -41,7 +41,7 @@ class PublishedRow:
         if not self.measured:
             return "not measured"
         if len(self.measured) < 2:
-            return "one seed: no interval"
+            return "one run: no interval"
         _, lo, hi = self.interval
         return "inside" if lo <= self.published <= hi else "outside"
 
@@ -50,7 +50,7 @@ def compare(report: Report) -> list[PublishedRow]:
     """One row per number in the report's published block, in the block's order."""
     rows = []
     for name, value in report.published.items():
-        if name == "source":
+        if name == "source" or value is None:
             continue
         label, measured = _measured(report, name)
         rows.append(PublishedRow(name, label, float(value), measured))
