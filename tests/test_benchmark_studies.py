@@ -21,7 +21,7 @@ from kdsweep.cli import main
 
 FOLDER = REPO / "studies" / "cifar100-benchmarks"
 STUDIES = sorted(FOLDER.glob("*.yaml"))
-# Zhao et al. 2022 (DKD), Tables 1 and 2: the teacher -> student pairs
+# Zhao et al. 2022 (DKD), the CIFAR-100 tables: the teacher -> student pairs, same and different architectures
 DKD_PAIRS = {
     ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
     ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"), ("resnet32x4", "shufflenetv1"), ("wrn_40_2", "shufflenetv1"),

@@ -1,8 +1,8 @@
 """ShuffleNet V1 (Zhang et al., CVPR 2018) with 3 groups, in the CIFAR form of the KD benchmarks.
 
 Units: a grouped 1x1 conv to a quarter of the output width, a channel shuffle, a 3x3 depthwise
-conv, a grouped 1x1 conv back up; BN after each conv and ReLU after the first and after the
-merge. Stride-1 units add the input; the first unit of a stage has stride 2 and concatenates a
+conv, a grouped 1x1 conv back up; BN after each conv, ReLU after the first and after the merge,
+and, as in the KD benchmarks' code (not the paper), after the depthwise conv too. Stride-1 units add the input; the first unit of a stage has stride 2 and concatenates a
 3x3 average-pooled copy of its input, so it produces output minus input channels itself.
 As in the paper, the first unit's first 1x1 conv is not grouped (its input has few channels).
 Stage widths 240/480/960 with 4/8/4 units (the paper's g=3 row of Table 1); for 32px images
