@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-import yaml
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from pydantic import ValidationError
 
 from conftest import write_spec
+from kdsweep.cli import main
 from kdsweep.errors import SpecError
 from kdsweep.study.schema import Published
 from kdsweep.study.spec import load_spec
@@ -92,3 +92,14 @@ def test_markdown_and_csv_show_the_published_section_only_with_a_block():
     assert "| student | Student (baseline) | 72.50 | 72.50 | [71.26, 73.74] | +0.00 | inside |" in section
     assert "Published vs measured" in render.render_csv(report(BLOCK))
     assert "Published vs measured" not in render.render_markdown(report({}))
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_cli_refuses_a_bad_published_block_in_one_line_creating_nothing(tmp_path, subset_root, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path / "spec.yaml", subset_root, published={**BLOCK, "dkd": 176.32})
+    result = CliRunner().invoke(main, ["study", command, str(spec)])
+    assert result.exit_code == 2, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line.startswith(f"Error: {spec}: published.dkd=176.32"), line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["spec.yaml"]  # no mlruns/, no store, no run
