@@ -383,6 +383,29 @@ def data_download(name: str, root: Path) -> None:
     click.echo(f"{name} is in {path}")
 
 
+@main.group()
+def models() -> None:
+    """The built-in networks: the names teacher.arch and student.arch take."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Print every built-in model with its parameter count at 10 and 100 classes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdsweep.core.models.catalog import catalog
+
+    table = Table(caption="Params: trainable, for 10 and 100 classes. Family: its file in kdsweep/core/models/")
+    table.add_column("Model", no_wrap=True)
+    table.add_column("Params @10", justify="right", no_wrap=True)
+    table.add_column("Params @100", justify="right", no_wrap=True)
+    table.add_column("Family")
+    for entry in catalog((10, 100)):
+        table.add_row(entry.name, f"{entry.params[10]:,}", f"{entry.params[100]:,}", entry.family)
+    Console().print(table)
+
+
 # -- launch: workers on a cluster (kdsweep/launch/) ------------------------------------------
 
 @main.group()

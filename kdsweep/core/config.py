@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 Optimizer = Literal["sgd", "adam"]
-Schedule = Literal["cosine", "onecycle", "constant"]
+Schedule = Literal["cosine", "onecycle", "constant", "multistep"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -29,6 +29,8 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     schedule: Schedule = "cosine"  # stepped per batch, not per epoch
+    milestones: tuple[int, ...] = ()  # multistep: the epochs after which the lr is multiplied by gamma
+    gamma: float = 0.1  # multistep: the factor at each milestone
     label_smoothing: float = 0.0  # off by default: a label-smoothed teacher distils worse
     ema_decay: float = 0.0  # 0 = no EMA; else weight of the old average per step
     method: str = "ce"  # the loss, a name in kdsweep.core.methods.LOSSES; ce = no teacher
@@ -50,10 +52,14 @@ class TrainConfig:
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "ema_decay": 0 <= self.ema_decay < 1,
             "patience": self.patience >= 0,
+            "milestones": (self.schedule != "multistep" or len(self.milestones) > 0)
+            and all(m >= 1 for m in self.milestones),
+            "gamma": self.gamma > 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))  # a YAML list stays hashable
         from kdsweep.core.methods import LOSSES
 
         # resolved once: every param of the method present, each checked against its bounds
@@ -77,6 +83,8 @@ class TrainConfig:
 
         The device is left out by default so a teacher trained on one GPU is reused on another.
         """
+        if self.schedule != "multistep":  # unused, so runs (and caches) from before these fields keep their keys
+            ignore = (*ignore, "milestones", "gamma")
         params = {k: v for k, v in self.as_params().items() if k not in ignore}
         blob = json.dumps({"config": params, "data": data_identity}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

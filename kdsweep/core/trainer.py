@@ -142,7 +142,10 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch:
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"schedule={cfg.schedule!r}; choose from ['constant', 'cosine', 'onecycle']")
+    if cfg.schedule == "multistep":  # milestones are epochs; the schedule steps per batch
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[m * steps_per_epoch for m in cfg.milestones], gamma=cfg.gamma)
+    raise ValueError(f"schedule={cfg.schedule!r}; choose from ['constant', 'cosine', 'multistep', 'onecycle']")
 
 
 @torch.no_grad()

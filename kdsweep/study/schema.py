@@ -192,12 +192,27 @@ class Recipe(Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(default=5e-4, ge=0)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "constant", "multistep"] = "cosine"
+    # multistep (step decay): the lr is multiplied by gamma after each of these epochs, e.g. the KD
+    # papers' CIFAR-100 recipe [150, 180, 210] of 240 epochs; a milestone past epochs never applies
+    milestones: tuple[Int64, ...] = Field(default=(), max_length=MAX_ITEMS)
+    gamma: float = Field(default=0.1, gt=0, le=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     ema_decay: float = Field(default=0.0, ge=0, lt=1)
     patience: Int64 = Field(default=0, ge=0)
     augment: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @model_validator(mode="after")
+    def _milestones_fit(self) -> "Recipe":
+        m = list(self.milestones)
+        if self.schedule == "multistep" and not m:
+            raise ValueError("schedule=multistep needs milestones, the epochs to decay after (e.g. [150, 180, 210])")
+        if m and self.schedule != "multistep":
+            raise ValueError(f"milestones={m!r} apply to schedule: multistep only (schedule is {self.schedule!r})")
+        if m and (m[0] < 1 or any(b <= a for a, b in zip(m, m[1:]))):
+            raise ValueError(f"milestones={m!r} must be increasing epochs >= 1")
+        return self
 
 
 class DataSpec(Strict):
@@ -308,6 +323,32 @@ class ConfirmSpec(Strict):
         return v
 
 
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+class _PublishedBase(Strict):
+    source: str = Field(min_length=1, max_length=MAX_TEXT)  # where the numbers come from (paper, table)
+
+    @model_validator(mode="after")
+    def _some_row(self) -> "_PublishedBase":
+        if not self.rows():
+            raise ValueError("published: holds no numbers; give teacher, student or a method's accuracy (percent)")
+        return self
+
+    def rows(self) -> dict[str, float]:
+        """The published accuracies by row name (teacher, student, method), in percent."""
+        return {k: v for k, v in self.__dict__.items() if k != "source" and v is not None}
+
+
+# ``published:``: a paper's top-1 test accuracies (percent) for this study's rows, which `kdsweep report`
+# sets beside the measured ones: teacher, student (the baseline, trained without a teacher) and any
+# KD method by name (its confirmed, else best, row).
+Published = create_model(
+    "Published", __base__=_PublishedBase,
+    **{name: (Percent | None, None) for name in ("teacher", "student", *(m for m in LOSSES.names() if m != "ce"))},
+)
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seeds: list[Int64] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
@@ -342,6 +383,7 @@ class StudySpec(Strict):
     # trials trained at once in this process (threads), packed into one loop per seed: the runs of a
     # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
     jobs: Int64 = Field(default=1, ge=1, le=64)
+    published: Published | None = None  # a paper's numbers for these rows, shown beside the measured ones
 
     @field_validator("seeds")
     @classmethod

@@ -231,6 +231,7 @@ class MlflowRecorder:
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
+            self._tag_published(params.get("spec", {}))
             return
         run = self.client.create_run(self.experiment_id, run_name=study_name,
                                      tags={"role": "study", "study": study_name})
@@ -248,6 +249,13 @@ class MlflowRecorder:
         self._log_params(self.parent_id, flat)
         text = redact_passwords(json.dumps(params, indent=2, default=str))
         self.client.log_text(self.parent_id, text, "spec.json")
+        self._tag_published(params.get("spec", {}))
+
+    def _tag_published(self, spec: dict[str, Any]) -> None:
+        # a tag, not a param: a resumed study may correct its spec's published numbers
+        published = {k: v for k, v in (spec.get("published") or {}).items() if v is not None}
+        if published:
+            self.client.set_tag(self.parent_id, "published", json.dumps(published))
 
     def end_study(self, summary: dict[str, Any]) -> None:
         if self.parent_id is None:

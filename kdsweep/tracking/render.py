@@ -17,6 +17,7 @@ import html
 import io
 import math
 
+from kdsweep.tracking import published
 from kdsweep.tracking.report import Report, mean, std
 
 HEADER = ["Model", "Architecture", "Params", "Train acc %", "Val acc %", "Test acc %", "Change %",
@@ -100,6 +101,8 @@ def method_table(report: Report) -> list[list[str]]:
 def sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """The tables under the headline table, (title, header, rows), for every format that has sections."""
     out = [("Best per method (search, selected on validation)", METHOD_HEADER, method_table(report))]
+    if report.published:
+        out.insert(0, (published.title(report), published.HEADER, published.table(report)))
     if report.ema and report.ema[0][1]:  # the EMA comparison only where some distilled run kept EMA weights
         out.append(("EMA vs no EMA (distilled runs)", ["Group", "Runs", "Test acc %"],
                     [[g, len(xs), ms(xs)] for g, xs in report.ema]))
@@ -131,6 +134,11 @@ def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
     w.writerow([])
     w.writerow(METHOD_HEADER)
     w.writerows(method_table(report))
+    if report.published:
+        w.writerow([])
+        w.writerow([published.title(report)])
+        w.writerow(published.HEADER)
+        w.writerows(published.table(report))
     return out.getvalue()
 
 

@@ -8,6 +8,7 @@ Rendering (markdown, csv, html with plots) lives in ``render``.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class Report:
     # the matched baselines of the search's seeds (the headline's baseline row is the confirmation
     # seeds' once there is a confirmation stage); the best-per-method table compares with these
     search_baseline: Row | None = None
+    # the spec's published: block (row name -> percent, and source), from the study run's tag
+    published: dict[str, float | str] = field(default_factory=dict)
 
     @property
     def top(self) -> list[TrialPoint]:
@@ -195,6 +198,7 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
         raise TrackingError(f"study {study!r}: no finished distilled runs yet at {tracking_uri}")
     parent = store.search("study")
     settings = parent[0].data.params if parent else {}
+    published = json.loads(parent[0].data.tags.get("published", "{}")) if parent else {}
     epoch = settings.get("report_epoch", "final")
     selection = settings.get("selection", "val")
 
@@ -273,7 +277,8 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
                        if confirmed else rows[1])
     return Report(study=study, rows=rows, ema=ema, trials=trials, epoch_note=epoch_note,
                   best_run_id=best_run.info.run_id, top_n=top, best_terms=loss_term_curves(client, best_runs),
-                  selection=selection, confirmed=bool(confirmed), report_epoch=epoch, search_baseline=search_baseline)
+                  selection=selection, confirmed=bool(confirmed), report_epoch=epoch, search_baseline=search_baseline,
+                  published=published)
 
 
 def _search_value(rs: list, trials: list[TrialPoint], name: str) -> float:

@@ -46,3 +46,17 @@ def paired_gain(values: list[float], baselines: list[float], confidence: float =
     sd = statistics.stdev(diffs)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return PairedGain(mean, sd, n, mean - half, mean + half)
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per seed) and the t-interval of that mean; (mean, nan, nan) for one value."""
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half

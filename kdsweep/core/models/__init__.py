@@ -14,6 +14,9 @@ from torch import nn
 
 from kdsweep.core.models.registry import MODELS
 from kdsweep.core.models import plain_cnn, resnet, torchvision_resnet  # noqa: F401  (they register)
+from kdsweep.core.models import (  # noqa: F401  (the CIFAR-100 KD benchmark zoo; they register)
+    mobilenetv2, resnet_bottleneck, resnet_x4, shufflenet_v1, shufflenet_v2, vgg, wide_resnet,
+)
 
 __all__ = ["MODELS", "build_model", "count_params"]
 
