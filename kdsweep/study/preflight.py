@@ -142,6 +142,11 @@ def model_problems(spec: StudySpec, data: ImageSet) -> list[str]:
     size = tuple(data.train_x.shape[-2:])
     roles = [("teacher", spec.teacher.arch, [("teacher.width", spec.teacher.width)]),
              ("student", spec.student.arch, _student_widths(spec))]
+    if spec.search.arch is not None:  # every arch the trials can draw, at its widths
+        from kdsweep.study.space import FIXED_WIDTH, archs, scales
+
+        roles += [("search", arch, _student_widths(spec) if scales(arch) else [("search.arch", FIXED_WIDTH)])
+                  for arch in archs(spec) if arch != spec.student.arch]
     for role, arch, widths in roles:
         model = None
         for field, w in widths:

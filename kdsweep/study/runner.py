@@ -183,6 +183,8 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
 
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
+    if search:  # the students' latency, on this device before it trains anything else (study/speed.py)
+        objective.speeds.measure_known()
     try:
         if not search:
             pass

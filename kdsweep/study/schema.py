@@ -16,7 +16,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       model_validator)
 
 from kdsweep.core.methods import LOSSES
-from kdsweep.core.searchable import METHOD, RECIPE, Searchable, method_searchables
+from kdsweep.core.searchable import ARCH, METHOD, RECIPE, Searchable, method_searchables
 
 from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, url_scheme
 
@@ -86,8 +86,8 @@ def _bounded(s: Searchable):
     def check(p):
         if p is None:
             return p
-        if isinstance(p, Range) and s.kind == "method":
-            raise ValueError("a method is picked from choices, not a range")
+        if isinstance(p, Range) and s.kind in ("method", "arch"):
+            raise ValueError(f"{'a method' if s.kind == 'method' else 'an arch'} is picked from choices, not a range")
         values = [p] if isinstance(p, (int, float, str)) else p.values()
         for v in values:
             if s.kind == "float" and isinstance(v, str):
@@ -177,7 +177,7 @@ def _method_models(kind: str, field_for) -> dict[str, Any]:
 
 SearchSpace = create_model(
     "SearchSpace", __base__=_SearchBase,
-    **{s.name: _searched(s) for s in (*RECIPE, METHOD)},
+    **{s.name: _searched(s) for s in (*RECIPE, METHOD, ARCH)},
     **_method_models("search", _searched),
 )
 
@@ -308,6 +308,17 @@ class ConfirmSpec(Strict):
         return v
 
 
+ACCURACY_OBJECTIVES = ("val_acc", "delta_vs_baseline", "test_acc")
+PARETO_METRICS = ("params", "latency_ms")
+
+
+def _varies(p: Any) -> int:
+    """How many values a search entry can take (0: not searched; 2 for any range)."""
+    if p is None or isinstance(p, (int, float, str)):
+        return 0 if p is None else 1
+    return len(set(p.values()))
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seeds: list[Int64] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
@@ -329,6 +340,11 @@ class StudySpec(Strict):
     confirm: ConfirmSpec | None = None  # retrain the best trials on fresh seeds after the search
     # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
     multi_objective: bool = False
+    # what multi_objective minimises beside accuracy: the parameter count, or the student's milliseconds per
+    # image at batch 1 (core/latency.py); `objective: [val_acc, latency_ms]` sets both fields
+    pareto_metric: Literal["params", "latency_ms"] = "params"
+    # timed runs per batch size when measuring each student's latency (median taken; core/latency.py)
+    latency_repeats: Int64 = Field(default=10, ge=1, le=1000)
     storage: str = Field(default=DEFAULT_STORAGE, max_length=MAX_TEXT)  # Optuna storage URL
     tracking_uri: str = Field(default=DEFAULT_TRACKING_URI, max_length=MAX_TEXT)  # MLflow tracking URI
     artifacts: str = Field(default=DEFAULT_ARTIFACTS, max_length=MAX_TEXT)  # artifact root for new MLflow experiments
@@ -388,9 +404,27 @@ class StudySpec(Strict):
         if sampler == "cmaes":
             raise ValueError("the cmaes sampler optimises one objective; use tpe, random or grid")
         w = search.width if search is not None else None
-        if search is not None and (w is None or isinstance(w, (int, float)) or len(set(w.values())) < 2):
-            raise ValueError("the parameter count only changes with the student's width; "
-                             "search width over two or more values")
+        if search is not None and _varies(search.arch) < 2 and _varies(w) < 2:
+            raise ValueError("the parameter count only changes with the student's width (or arch); "
+                             "search width or arch over two or more values")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_pair(cls, raw: Any) -> Any:
+        # `objective: [val_acc, latency_ms]`: a Pareto study, read as multi_objective with that second metric
+        if isinstance(raw, dict) and isinstance(raw.get("objective"), list) and len(raw["objective"]) == 2:
+            first, second = raw["objective"]
+            if first in ACCURACY_OBJECTIVES and second in PARETO_METRICS:
+                return {**raw, "objective": first, "multi_objective": True, "pareto_metric": second}
+        return raw
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_form(cls, v: Any) -> Any:
+        if isinstance(v, list):  # a pair _objective_pair did not take
+            raise ValueError(f"a Pareto objective is [ACCURACY, COST] with ACCURACY one of "
+                             f"{list(ACCURACY_OBJECTIVES)} and COST one of {list(PARETO_METRICS)}")
         return v
 
     @model_validator(mode="after")

@@ -331,8 +331,16 @@ def load_spec(path: Path, overrides: dict[str, Any] | None = None, *, check_data
 
     Nothing is created here (no folder, database or run), so a bad spec leaves no trace.
     """
+    return spec_from_raw(read_yaml(path), path, overrides, check_data=check_data)
+
+
+def spec_from_raw(raw: dict[str, Any], path: Path | str, overrides: dict[str, Any] | None = None, *,
+                  check_data: bool = True) -> StudySpec:
+    """:func:`load_spec` of a spec already read (a dict from the Python API); ``path`` names it in problems."""
+    if not isinstance(raw, dict):
+        raise SpecError([f"{path}: the spec must be a mapping of fields, got {shown(raw, 100)}"])
     overrides = overrides or {}
-    raw = apply_overrides(read_yaml(path), overrides)
+    raw = apply_overrides(raw, overrides)
     flags = {path: "--set" for path, _ in parse_set(overrides.get("set") or ())}
     flags.update(FLAG_FIELDS[k] for k, v in overrides.items() if v is not None and k in FLAG_FIELDS)
     problems: list[str] = []

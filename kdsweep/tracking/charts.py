@@ -82,15 +82,17 @@ def param_scatter(points: Sequence[tuple[str, dict[str, float], list[float]]], n
     return fig
 
 
-def pareto_plot(points: Sequence[tuple[int, float, bool, str]]):
-    """Accuracy against student parameter count; ``points`` are (params, accuracy, on_front, label)."""
+def pareto_plot(points: Sequence[tuple[float, float, bool, str]], *, xlabel: str = "student parameters",
+                title: str = "accuracy vs student size"):
+    """Accuracy against the student's cost (its parameter count, or its latency); ``points`` are
+    (cost, accuracy, on_front, label)."""
     if len({p for p, _, _, _ in points}) < 2:
         return None
     go = _go()
     fig = go.Figure()
     rest = [(p, a, label) for p, a, front, label in points if not front]
     front = sorted((p, a, label) for p, a, on, label in points if on)
-    hover = "%{text}<br>%{x:,} parameters<br>test acc %{y:.2f}%<extra></extra>"
+    hover = f"%{{text}}<br>{xlabel} %{{x:,.4g}}<br>val acc %{{y:.2f}}%<extra></extra>"
     if rest:
         fig.add_trace(go.Scatter(x=[p for p, _, _ in rest], y=[100 * a for _, a, _ in rest], mode="markers",
                                  name="dominated trials", marker={"color": "#999"},
@@ -98,8 +100,8 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]):
     fig.add_trace(go.Scatter(x=[p for p, _, _ in front], y=[100 * a for _, a, _ in front], mode="lines+markers",
                              name="Pareto front", marker={"color": "#c0392b"},
                              text=[label for _, _, label in front], hovertemplate=hover))
-    fig.update_layout(title="accuracy vs student size", xaxis_title="student parameters",
-                      yaxis_title="final test accuracy %", **LAYOUT)
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title="final validation accuracy % (what selected it)",
+                      **LAYOUT)
     return fig
 
 

@@ -96,8 +96,10 @@ def forest_plot(rows: Sequence[tuple[str, object]], *, title: str) -> bytes | No
     return to_png(fig)
 
 
-def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
-    """Accuracy against student parameter count; ``points`` are (params, accuracy, on_front, label)."""
+def pareto_plot(points: Sequence[tuple[float, float, bool, str]], *, xlabel: str = "student parameters",
+                title: str = "accuracy vs student size") -> bytes | None:
+    """Accuracy against the student's cost (its parameter count, or its latency); ``points`` are
+    (cost, accuracy, on_front, label)."""
     if len({p for p, _, _, _ in points}) < 2:
         return None
     plt = _pyplot()
@@ -112,8 +114,7 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
         labels.setdefault((p, a), []).append(label)
     for (p, a), names in labels.items():
         ax.annotate(", ".join(names), (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel="student parameters", ylabel="final validation accuracy % (what selected it)",
-           title="accuracy vs student size")
+    ax.set(xlabel=xlabel, ylabel="final validation accuracy % (what selected it)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)

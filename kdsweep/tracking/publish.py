@@ -44,6 +44,10 @@ def varied_params(report: Report) -> list[tuple[str, list, list[str]]]:
     return out
 
 
+PARETO_AXES = {"params": {"xlabel": "student parameters", "title": "accuracy vs student size"},
+               "latency_ms": {"xlabel": "latency, ms per image at batch 1", "title": "accuracy vs student latency"}}
+
+
 def figure_calls(report: Report) -> dict[str, tuple[str, tuple, dict]]:
     """The report's figures, declared once: name -> (drawing function, args, kwargs). ``plots``
     (PNG) and ``charts`` (plotly) both have functions of these names taking the same numbers."""
@@ -54,8 +58,9 @@ def figure_calls(report: Report) -> dict[str, tuple[str, tuple, dict]]:
             {"title": f"{report.study}: test accuracy per epoch"}),
         "gains_forest": ("forest_plot", ([(r.label, r.gain) for r in report.rows if r.gain is not None and r.gain.n > 1],),
                          {"title": f"{report.study}: gain over the matched baseline, 95% CI"}),
-        "pareto_front": ("pareto_plot", ([(t.num_params, t.selected_by, t.on_front, f"trial {t.trial}")
-                                          for t in report.trials],), {}),
+        "pareto_front": ("pareto_plot", ([(t.cost(report.pareto_by), t.selected_by, t.on_front,
+                                           f"trial {t.trial}" + (f" ({t.arch})" if len(report.archs) > 1 else ""))
+                                          for t in report.trials],), PARETO_AXES[report.pareto_by]),
     }
     if report.trials:
         best = report.trials[0]
