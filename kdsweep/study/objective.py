@@ -153,7 +153,7 @@ class Objective:
         value = statistics.fmean(deltas if self.spec.objective == "delta_vs_baseline" else scores)
         if self.spec.multi_objective:  # second objective, minimised: the student's size
             size = count_params(build_model(self.spec.student.arch, num_classes=self.data.num_classes,
-                                            width=values["width"]))
+                                            width=values["width"], arch_args=self.spec.student.arch_args))
             trial.set_user_attr("num_params", size)
             return value, float(size)
         return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdsweep.core.config import TrainConfig
+from kdsweep.core.config import TrainConfig, arch_args_json
 from kdsweep.core.methods import LOSSES
 from kdsweep.core.searchable import RECIPE, method_searchables
 from kdsweep.study.spec import Choices, Param, Range, StudySpec
@@ -22,7 +22,8 @@ def _recipe_fields(recipe) -> dict[str, Any]:
 
 def teacher_config(spec: StudySpec, device: str) -> TrainConfig:
     t = spec.teacher
-    return TrainConfig(arch=t.arch, width=t.width, seed=t.seed, device=device, **_recipe_fields(t.recipe))
+    return TrainConfig(arch=t.arch, width=t.width, seed=t.seed, device=device, arch_args=arch_args_json(t.arch_args),
+                       init=str(t.init) if t.init is not None else "", **_recipe_fields(t.recipe))
 
 
 def method_default(spec: StudySpec, method: str, param: str) -> float:
@@ -101,7 +102,8 @@ def widths(spec: StudySpec) -> list[float] | None:
 def baseline_config(spec: StudySpec, *, width: float, seed: int, device: str) -> TrainConfig:
     """The student trained without a teacher: method ce, and the student's own recipe."""
     s = spec.student
-    return TrainConfig(arch=s.arch, width=width, seed=seed, device=device, **_recipe_fields(s.recipe))
+    return TrainConfig(arch=s.arch, width=width, seed=seed, device=device, arch_args=arch_args_json(s.arch_args),
+                       **_recipe_fields(s.recipe))
 
 
 def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device: str) -> TrainConfig:
@@ -110,4 +112,4 @@ def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device
     fields = {**_recipe_fields(s.recipe), "lr": values["lr"], "ema_decay": values["ema_decay"]}
     params = {x.param: values[x.name] for x in method_searchables(method)}
     return TrainConfig(arch=s.arch, width=values["width"], seed=seed, device=device, method=method,
-                       method_params=params, **fields)
+                       method_params=params, arch_args=arch_args_json(s.arch_args), **fields)

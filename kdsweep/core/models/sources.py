@@ -226,7 +226,8 @@ def builder(arch: str) -> Callable[..., nn.Module]:
     if ref.source == "plugin":
         ep = plugins().get(ref.name)
         if ep is None:
-            raise ArchError(f"unknown architecture; choose from {MODELS.names()}, or a kdsweep.models plugin")
+            raise ArchError(f"unknown model {ref.name!r}; choose from {MODELS.names()}, or write torchvision:NAME, "
+                            "timm:NAME, FILE.py:CALLABLE or package.module:CALLABLE")
         try:
             return ep.load()
         except Exception as exc:  # noqa: BLE001 - the plugin's own import failing, whatever it raises
