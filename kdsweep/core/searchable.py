@@ -40,13 +40,11 @@ def _method(v) -> str | None:
 
 
 def _arch(v) -> str | None:
-    # a built-in name, or a source form (``torchvision:NAME``, ``timm:NAME``, ``file.py:fn``) that the
-    # preflight builds before anything is created
-    from kdsweep.core.models import MODELS
+    # any arch string a study takes (core/models/sources.py), checked from its text and a file's existence;
+    # the preflight builds each one before anything is created
+    from kdsweep.core.models.sources import known_problem
 
-    if isinstance(v, str) and (v in MODELS or ":" in v):
-        return None
-    return f"unknown architecture; choose from {MODELS.names()} or a source form such as torchvision:NAME"
+    return known_problem(v) if isinstance(v, str) else "is not an arch string"
 
 
 RECIPE = (

@@ -159,8 +159,9 @@ class Objective:
         if self.spec.multi_objective:  # second objective, minimised: the student's size or its latency
             if self.spec.pareto_metric == "latency_ms":
                 return value, speed.latency_ms
-            size = count_params(build_model(values.get("arch", self.spec.student.arch),
-                                            num_classes=self.data.num_classes, width=values["width"]))
+            arch = values.get("arch", self.spec.student.arch)
+            size = count_params(build_model(arch, num_classes=self.data.num_classes, width=values["width"],
+                                            arch_args=space.arch_args_of(self.spec, arch)))
             trial.set_user_attr("num_params", size)
             return value, float(size)
         return value

@@ -221,17 +221,60 @@ class DataSpec(Strict):
 
 
 def _known_model(v: str) -> str:
-    from kdsweep.core.models import MODELS
+    # the forms of core/models/sources.py, from the text and a file's existence only (no import of the
+    # user's module, torchvision or timm here: the preflight builds each model once)
+    from kdsweep.core.models.sources import known_problem
 
-    if v not in MODELS:
-        raise ValueError(f"unknown architecture; choose from {MODELS.names()}")
+    problem = known_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def _plain_args(v: dict[str, Any]) -> dict[str, Any]:
+    """``arch_args``: keyword arguments of the builder, plain YAML values (they are logged and hashed as JSON)."""
+    import json
+
+    bad = [k for k in v if not (isinstance(k, str) and k.isidentifier())]
+    if bad:
+        raise ValueError(f"key {bad[0]!r} is not a keyword argument name")
+    if "num_classes" in v:
+        raise ValueError("num_classes comes from the data; leave it out of arch_args")
+    try:
+        json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"values must be plain numbers, strings, booleans, lists or mappings ({exc})") from None
+    return v
+
+
+def _width_fits(v: float, info) -> float:
+    # a width for a model that cannot scale would be ignored or refused at every trial: refuse it once here
+    from kdsweep.core.models.sources import scales_with_width
+
+    arch = info.data.get("arch")
+    if v != 1.0 and arch is not None and not scales_with_width(arch):
+        raise ValueError(f"{arch} has a fixed width (only built-in models scale); leave width out or set 1.0")
+    return v
+
+
+def _readable_file(v: Path | None, what: str) -> Path | None:
+    try:
+        found = v is None or v.is_file()
+    except OSError as exc:  # a name too long, a folder we may not read
+        raise ValueError(f"{what} file cannot be read: {exc.strerror or exc}") from None
+    if not found:
+        raise ValueError(f"{what} file does not exist")
     return v
 
 
 class TeacherSpec(Strict):
     arch: str
+    arch_args: dict[str, Any] = {}  # keyword arguments of the arch's builder (e.g. timm's drop_path_rate)
     width: float = Field(default=1.0, gt=0)
     checkpoint: Path | None = None  # a trained teacher's weights: skip training
+    # weights to start from, then fine-tuned with recipe on the study's data; a head of another class
+    # count is re-created (core/weights.py). Both take kdsweep files, bare state_dicts and .safetensors
+    init: Path | None = None
     seed: Int64 = 0
     recipe: Recipe = Recipe()
     # pretrained: trained once (or loaded from checkpoint), then frozen for every trial.
@@ -240,33 +283,41 @@ class TeacherSpec(Strict):
     mode: Literal["pretrained", "online"] = "pretrained"
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+    _args = field_validator("arch_args")(classmethod(lambda cls, v: _plain_args(v)))
+    _width = field_validator("width")(classmethod(lambda cls, v, info: _width_fits(v, info)))
 
     @field_validator("mode")
     @classmethod
     def _online_trains(cls, v: str, info) -> str:
         if v == "online" and info.data.get("checkpoint") is not None:
             raise ValueError("an online teacher is trained with each student; drop checkpoint or use mode: pretrained")
+        if v == "online" and info.data.get("init") is not None:
+            raise ValueError("teacher.init fine-tunes one pretrained teacher; drop init or use mode: pretrained")
         return v
 
     @field_validator("checkpoint")
     @classmethod
     def _exists(cls, v: Path | None) -> Path | None:
-        try:
-            found = v is None or v.is_file()
-        except OSError as exc:  # a name too long, a folder we may not read
-            raise ValueError(f"checkpoint file cannot be read: {exc.strerror or exc}") from None
-        if not found:
-            raise ValueError("checkpoint file does not exist")
-        return v
+        return _readable_file(v, "checkpoint")
+
+    @field_validator("init")
+    @classmethod
+    def _init_exists(cls, v: Path | None, info) -> Path | None:
+        if v is not None and info.data.get("checkpoint") is not None:
+            raise ValueError("checkpoint uses weights as they are, init fine-tunes them: give one of the two")
+        return _readable_file(v, "init")
 
 
 class _StudentBase(Strict):
     arch: str
+    arch_args: dict[str, Any] = {}  # keyword arguments of the arch's builder
     width: float = Field(default=1.0, gt=0)  # used when the search space has no width
     method: str = "kd"  # the KD method (a name in kdsweep.core.methods.LOSSES), used when not searched
     recipe: Recipe = Recipe()
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+    _args = field_validator("arch_args")(classmethod(lambda cls, v: _plain_args(v)))
+    _width = field_validator("width")(classmethod(lambda cls, v, info: _width_fits(v, info)))
 
     @model_validator(mode="before")
     @classmethod
@@ -473,6 +524,23 @@ class StudySpec(Strict):
             if owner is not None and owner not in drawn:
                 raise ValueError(f"search.{name} is searched but no trial uses method {owner!r} "
                                  f"(the methods drawn: {drawn}; see search.method and student.method)")
+        return self
+
+    @model_validator(mode="after")
+    def _searched_width_scales(self) -> "StudySpec":
+        from kdsweep.core.models.sources import scales_with_width
+
+        w = self.search.get("width")
+        values = [] if w is None else [w] if isinstance(w, (int, float, str)) else w.values()
+        if self.search.arch is not None:  # width is drawn only in trials whose arch scales: one must
+            a = self.search.arch
+            archs = [a] if isinstance(a, str) else [str(v) for v in a.values()]
+            if any(v != 1.0 for v in values) and not any(scales_with_width(a) for a in archs):
+                raise ValueError(f"search.width: no arch in search.arch {archs} scales (only built-in models do); "
+                                 "drop search.width")
+        elif any(v != 1.0 for v in values) and not scales_with_width(self.student.arch):
+            raise ValueError(f"search.width: student.arch={self.student.arch!r} has a fixed width (only built-in "
+                             "models scale); drop search.width")
         return self
 
     @model_validator(mode="after")

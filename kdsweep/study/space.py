@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdsweep.core.config import TrainConfig
+from kdsweep.core.config import TrainConfig, arch_args_json
 from kdsweep.core.methods import LOSSES
 from kdsweep.core.searchable import RECIPE, method_searchables
 from kdsweep.study.spec import Choices, Param, Range, StudySpec
@@ -25,7 +25,8 @@ def _recipe_fields(recipe) -> dict[str, Any]:
 
 def teacher_config(spec: StudySpec, device: str) -> TrainConfig:
     t = spec.teacher
-    return TrainConfig(arch=t.arch, width=t.width, seed=t.seed, device=device, **_recipe_fields(t.recipe))
+    return TrainConfig(arch=t.arch, width=t.width, seed=t.seed, device=device, arch_args=arch_args_json(t.arch_args),
+                       init=str(t.init) if t.init is not None else "", **_recipe_fields(t.recipe))
 
 
 def method_default(spec: StudySpec, method: str, param: str) -> float:
@@ -77,9 +78,9 @@ FIXED_WIDTH = 1.0  # the width of an arch that cannot scale (a torchvision, timm
 
 def scales(arch: str) -> bool:
     """Whether ``width`` scales ``arch``: the built-in families do, models from other sources do not."""
-    from kdsweep.core.models import MODELS
+    from kdsweep.core.models import scales_with_width
 
-    return arch in MODELS
+    return scales_with_width(arch)
 
 
 def archs(spec: StudySpec) -> list[str]:
@@ -131,7 +132,9 @@ def baseline_config(spec: StudySpec, *, width: float, seed: int, device: str, ar
     """The student trained without a teacher: method ce, and the student's own recipe; ``arch``: the
     trial's (default ``student.arch``), so a delta is never taken across archs."""
     s = spec.student
-    return TrainConfig(arch=arch or s.arch, width=width, seed=seed, device=device, **_recipe_fields(s.recipe))
+    arch = arch or s.arch
+    return TrainConfig(arch=arch, width=width, seed=seed, device=device,
+                       arch_args=arch_args_json(arch_args_of(spec, arch)), **_recipe_fields(s.recipe))
 
 
 def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device: str) -> TrainConfig:
@@ -139,5 +142,11 @@ def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device
     method = values["method"]
     fields = {**_recipe_fields(s.recipe), "lr": values["lr"], "ema_decay": values["ema_decay"]}
     params = {x.param: values[x.name] for x in method_searchables(method)}
-    return TrainConfig(arch=values.get("arch", s.arch), width=values["width"], seed=seed, device=device, method=method,
-                       method_params=params, **fields)
+    arch = values.get("arch", s.arch)
+    return TrainConfig(arch=arch, width=values["width"], seed=seed, device=device, method=method,
+                       method_params=params, arch_args=arch_args_json(arch_args_of(spec, arch)), **fields)
+
+
+def arch_args_of(spec: StudySpec, arch: str) -> dict[str, Any]:
+    """``student.arch_args`` for the student's own arch; another arch the search draws takes its builder's defaults."""
+    return dict(spec.student.arch_args) if arch == spec.student.arch else {}

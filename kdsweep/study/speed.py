@@ -20,6 +20,7 @@ from kdsweep.core.models import build_model
 from kdsweep.core.precision import uses_bf16
 from kdsweep.core.summary import RunSummary
 from kdsweep.study import space
+from kdsweep.study.preflight import input_size
 from kdsweep.study.spec import StudySpec
 
 
@@ -35,9 +36,10 @@ class LatencyBook:
         key = (arch, float(width))
         with self._lock:
             if key not in self._known:
-                model = build_model(arch, num_classes=self.data.num_classes, width=width)
+                model = build_model(arch, num_classes=self.data.num_classes, width=width,
+                                    arch_args=space.arch_args_of(self.spec, arch))
                 self._known[key] = measure(
-                    model, image_size=tuple(self.data.test_x.shape[-2:]), in_channels=int(self.data.test_x.shape[1]),
+                    model, image_size=input_size(self.data), in_channels=int(self.data.test_x.shape[1]),
                     device=self.device, bf16=uses_bf16(self.spec.student.recipe.precision, self.device),
                     repeats=self.spec.latency_repeats, warmup=min(3, self.spec.latency_repeats))
                 del model

@@ -14,13 +14,10 @@ from torch import nn
 
 from kdsweep.core.models.registry import MODELS
 from kdsweep.core.models import plain_cnn, resnet, torchvision_resnet  # noqa: F401  (they register)
+# build_model takes any arch string (built-in, torchvision:, timm:, FILE.py:fn, module:fn): see sources.py
+from kdsweep.core.models.sources import ArchError, build_model, identity, parse_arch, scales_with_width
 
-__all__ = ["MODELS", "build_model", "count_params"]
-
-
-def build_model(name: str, *, num_classes: int, width: float = 1.0, in_channels: int = 3) -> nn.Module:
-    """Build a registered model; unknown names raise ValueError listing the choices."""
-    return MODELS.get(name)(num_classes=num_classes, width=width, in_channels=in_channels)
+__all__ = ["MODELS", "ArchError", "build_model", "count_params", "identity", "parse_arch", "scales_with_width"]
 
 
 def count_params(model: nn.Module) -> int:
