@@ -1,7 +1,8 @@
 """The Python API (kdsweep/api.py), and what it runs: a study searching the student's arch with a
 Pareto objective of accuracy and latency.
 
-One tiny study (two built-in archs, 1 epoch, 3 trials, one seed, on the CIFAR-10 subset) runs once
+One tiny study (a user file's model and a built-in arch, 1 epoch, 3 trials, one seed, on the
+CIFAR-10 subset) runs once
 through ``kdsweep.run_study``, the path ``kdsweep study run`` takes; the tests read back what
 MLflow and Optuna hold, and the report (``kdsweep report`` and ``kdsweep.load_report``).
 """
@@ -23,15 +24,23 @@ import kdsweep
 from kdsweep.cli import main
 from kdsweep.errors import KdsweepError, SpecError
 
-ARCHS = ["cnn_student", "resnet8"]
+ARCHS = ["mynets.py:tiny", "resnet8"]
 RECIPE = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+MYNETS = """
+from torch import nn
+
+
+def tiny(num_classes):
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, num_classes))
+"""
 
 
 def arch_spec(data_root: Path) -> dict:
     return {"name": "archs", "seeds": [0],
             "data": {"dataset": "cifar10", "root": str(data_root), "limit_per_file": 20},
             "teacher": {"arch": "cnn_teacher", "width": 0.25, "recipe": RECIPE},
-            "student": {"arch": "cnn_student", "width": 0.5, "recipe": RECIPE},
+            "student": {"arch": "resnet8", "width": 0.5, "recipe": RECIPE},
             "search": {"arch": {"choices": ARCHS}, "lr": {"low": 0.01, "high": 0.1, "log": True}},
             "objective": ["val_acc", "latency_ms"], "sampler": "random", "pruner": "none", "device": "cpu",
             "n_trials": 3, "latency_repeats": 2}
@@ -40,6 +49,7 @@ def arch_spec(data_root: Path) -> dict:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, subset_root):
     work = tmp_path_factory.mktemp("archs")
+    (work / "mynets.py").write_text(MYNETS)  # a user's model, named relative to the folder the spec is run from
     before = os.getcwd()
     os.chdir(work)  # the study's stores and checkpoints go under ./mlruns, as with the CLI
     try:
@@ -53,6 +63,11 @@ def stores(work: Path) -> dict[str, str]:
     return {"tracking_uri": f"sqlite:///{work}/mlruns/mlflow.db", "storage": f"sqlite:///{work}/mlruns/optuna.db"}
 
 
+def archs(work: Path) -> set[str]:
+    """ARCHS as the study records them: the user file's path made absolute."""
+    return {f"{work / 'mynets.py'}:tiny", "resnet8"}
+
+
 def runs(work: Path, role: str) -> list:
     client = MlflowClient(stores(work)["tracking_uri"])
     exp = client.get_experiment_by_name("archs")
@@ -62,18 +77,21 @@ def runs(work: Path, role: str) -> list:
 def test_run_study_returns_the_summary(study):
     work, outcome = study
     assert (outcome.study_name, outcome.complete, outcome.failed) == ("archs", 3, 0)
-    assert outcome.best_params["arch"] in ARCHS
+    assert outcome.best_params["arch"] in archs(work)
 
 
 def test_each_arch_is_trained_with_its_own_baselines(study):
     work, _ = study
     distilled, baselines = runs(work, "distilled"), {r.info.run_id: r for r in runs(work, "baseline")}
     # the first trials try each arch once, so both are trained
-    assert {r.data.params["arch"] for r in distilled} == set(ARCHS)
-    assert {r.data.params["arch"] for r in baselines.values()} == set(ARCHS)
+    assert {r.data.params["arch"] for r in distilled} == archs(work)
+    assert {r.data.params["arch"] for r in baselines.values()} == archs(work)
     for r in distilled:  # a delta is never taken across archs
         base = baselines[r.data.params["baseline_run_id"]]
-        assert (base.data.params["arch"], base.data.params["seed"]) == (r.data.params["arch"], r.data.params["seed"])
+        assert ((base.data.params["arch"], base.data.params["width"], base.data.params["seed"])
+                == (r.data.params["arch"], r.data.params["width"], r.data.params["seed"]))
+        # width is the student's for the built-in, fixed at 1.0 for the user's model (it cannot scale)
+        assert float(r.data.params["width"]) == (0.5 if r.data.params["arch"] == "resnet8" else 1.0)
         assert r.data.metrics["delta_vs_baseline"] == pytest.approx(
             r.data.metrics["final_test_acc"] - base.data.metrics["final_test_acc"])
 
@@ -114,7 +132,7 @@ def test_the_report_lists_the_front_and_the_best_trial_per_arch(study):
                  if any(a2 >= a and l2 <= l and (a2 > a or l2 < l) for a2, l2 in points.values())}
     assert front == set(points) - dominated and front
     per_arch = text.split("## Best per architecture", 1)[1].split("##")[0]
-    assert {line.split("|")[1].strip() for line in per_arch.splitlines()[3:] if line.startswith("| ")} == set(ARCHS)
+    assert {line.split("|")[1].strip() for line in per_arch.splitlines()[3:] if line.startswith("| ")} == archs(work)
 
 
 def test_the_html_plots_accuracy_against_latency_with_the_front(study):
@@ -137,7 +155,7 @@ def test_load_report_returns_the_rows_as_a_dataframe(study):
     (run,) = [r for r in runs(work, "distilled") if r.data.tags["trial"] == trial]
     assert best["test_acc"] == pytest.approx(run.data.metrics["final_test_acc"])
     assert best["arch"].startswith(run.data.params["arch"])
-    assert {t["arch"] for t in df.attrs["trials"]} == set(ARCHS)
+    assert {t["arch"] for t in df.attrs["trials"]} == archs(work)
 
 
 def test_run_study_again_resumes_and_trains_nothing_new(study, subset_root, monkeypatch):
@@ -152,7 +170,8 @@ def test_run_study_again_resumes_and_trains_nothing_new(study, subset_root, monk
 def test_a_bad_spec_raises_kdsweep_error_and_creates_nothing(tmp_path, monkeypatch, subset_root):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SpecError) as info:
-        kdsweep.run_study({**arch_spec(subset_root), "sampler": "bayes"}, n_trials=0)
+        kdsweep.run_study({**arch_spec(subset_root), "search": {"arch": {"choices": ["resnet8", "cnn_student"]}},
+                           "sampler": "bayes"}, n_trials=0)
     assert isinstance(info.value, KdsweepError)
     assert sorted(p.split(": ")[1].split("=")[0] for p in info.value.problems) == ["n_trials", "sampler"]
     assert "(from --n-trials)" in str(info.value)
