@@ -9,6 +9,8 @@ MLflow and Optuna hold, and the report (``kdsweep report`` and ``kdsweep.load_re
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from mlflow.tracking import MlflowClient
 import kdsweep
 from kdsweep.cli import main
 from kdsweep.errors import KdsweepError, SpecError
+from kdsweep.tracking.render import ARCH_HEADER
 
 ARCHS = ["mynets.py:tiny", "resnet8"]
 RECIPE = {"epochs": 1, "batch_size": 32, "lr": 0.05}
@@ -133,6 +136,16 @@ def test_the_report_lists_the_front_and_the_best_trial_per_arch(study):
     assert front == set(points) - dominated and front
     per_arch = text.split("## Best per architecture", 1)[1].split("##")[0]
     assert {line.split("|")[1].strip() for line in per_arch.splitlines()[3:] if line.startswith("| ")} == archs(work)
+
+
+def test_the_csv_report_has_the_best_trial_per_arch(study):
+    work, _ = study
+    result = CliRunner().invoke(main, ["report", "archs", "--format", "csv", "--tracking-uri",
+                                       stores(work)["tracking_uri"]])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    start = rows.index(ARCH_HEADER)
+    assert {r[0] for r in rows[start + 1:start + 3]} == archs(work)
 
 
 def test_the_html_plots_accuracy_against_latency_with_the_front(study):

@@ -456,7 +456,7 @@ class StudySpec(Strict):
             raise ValueError("the cmaes sampler optimises one objective; use tpe, random or grid")
         w = search.width if search is not None else None
         if search is not None and _varies(search.arch) < 2 and _varies(w) < 2:
-            raise ValueError("the parameter count only changes with the student's width (or arch); "
+            raise ValueError("the student's size and latency change only with its width or arch; "
                              "search width or arch over two or more values")
         return v
 

@@ -157,6 +157,10 @@ def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
     w.writerow([])
     w.writerow(METHOD_HEADER)
     w.writerows(method_table(report))
+    if len(report.archs) > 1:
+        w.writerow([])
+        w.writerow(ARCH_HEADER)
+        w.writerows(arch_table(report))
     return out.getvalue()
 
 
