@@ -73,12 +73,9 @@ def _load(spec_path: Path, **flags):
 
 def http_auth():
     """The login MLflow's client sends to a tracking server, from MLflow's own variables."""
-    from kdsweep.study.probes import HttpAuth
+    from kdsweep.api import http_auth as from_env
 
-    env = os.environ
-    return HttpAuth(username=env.get("MLFLOW_TRACKING_USERNAME"), password=env.get("MLFLOW_TRACKING_PASSWORD"),
-                    token=env.get("MLFLOW_TRACKING_TOKEN"), cert_path=env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"),
-                    insecure_tls=env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"))
+    return from_env()
 
 
 def _preflight(spec_path: Path, spec, *, stores=("storage", "tracking_uri"), problems=()):
@@ -176,16 +173,12 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
         spec = _load(spec_path, **flags)
         if not search and spec.confirm is None:
             raise SpecError([f"{spec_path}: confirm is not set: add confirm: {{top_k: 3, seeds: [100, 101, 102]}}"])
-        data = _preflight(spec_path, spec, problems=problems)  # before any store, folder or run exists
-        from kdsweep.progress import ProgressRecorder
-        from kdsweep.study.runner import run_study
-        from kdsweep.tracking.logger import MlflowRecorder
+        from kdsweep.api import execute  # the Python API's run_study goes this way too
 
-        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts, system_metrics=system_metrics)
-        extra = {} if heartbeat is None else {"heartbeat": heartbeat}
-        with ProgressRecorder(recorder, n_runs=spec.n_trials * len(spec.seeds)) as progress:
-            outcome = run_study(spec, recorder=progress, search=search, data=data,
-                                on_open=lambda done: progress.already_done(done * len(spec.seeds)), **extra)
+        recorders = []
+        outcome = execute(spec, str(spec_path), search=search, problems=problems, heartbeat=heartbeat,
+                          system_metrics=system_metrics, on_recorder=recorders.append)
+        recorder = recorders[0]
     except KdsweepError as exc:
         from kdsweep.errors import DiskFullError, StorageLostError
 

@@ -252,3 +252,18 @@ def test_synthetic_imageset_shapes() -> None:
     centres = torch.stack([data.train_x[data.train_y == k].float().mean(0) for k in range(4)])
     pred = torch.cdist(data.test_x.float().flatten(1), centres.flatten(1)).argmin(1)
     assert (pred == data.test_y).float().mean() > 0.9
+
+
+def test_cifar_image_size_is_kept_at_32px_and_resized_per_batch(subset: Path) -> None:
+    data = load_dataset("cifar10", subset, limit_per_file=8, image_size=64)
+    assert data.train_x.shape[-1] == 32 and data.input_size == 64  # memory holds the originals
+    assert data.identity != load_dataset("cifar10", subset, limit_per_file=8).identity
+    loader = DeviceLoader(data.train_x, data.train_y, batch_size=8, device="cpu", mean=data.mean, std=data.std,
+                          train=True, resize=data.input_size)
+    batch = next(loader.epoch(0))
+    assert batch.x.shape == (8, 3, 64, 64)
+    # the same crop and flip as at 32px, then upsampled: a 32px loader's batch resized by hand
+    small = DeviceLoader(data.train_x, data.train_y, batch_size=8, device="cpu", mean=data.mean, std=data.std,
+                         train=True)
+    ref = F.interpolate(next(small.epoch(0)).x, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(batch.x, ref, atol=1e-5)  # normalising is affine, so it commutes with the resize

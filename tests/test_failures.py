@@ -230,7 +230,9 @@ def test_every_training_field_enters_the_reuse_key():
     changed = {"arch": "resnet14", "width": 0.5, "epochs": 2, "batch_size": 8, "optimizer": "adam", "lr": 0.2,
                "momentum": 0.8, "nesterov": False, "weight_decay": 0.0, "schedule": "constant",
                "label_smoothing": 0.1, "ema_decay": 0.9, "method": "kd", "method_params": {"alpha": 0.5}, "patience": 3,
-               "augment": False, "seed": 1, "precision": "bf16", "channels_last": False}
+               "augment": False, "seed": 1, "precision": "bf16", "channels_last": False,
+               "arch_args": '{"zero_init":true}', "arch_source": "file /x/nets.py sha256:00", "init": __file__,
+               "init_sha256": "0" * 64}
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"device"}
     assert set(changed) >= fields, f"new TrainConfig fields need a case here: {fields - set(changed)}"
     key = base.fingerprint(data_identity="d")

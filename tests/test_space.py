@@ -21,7 +21,7 @@ def test_unsearched_values_come_from_the_student():
     trial = optuna.create_study().ask()
     values = space.sample(trial, spec)
     assert values == {"method": "kd", "kd.temperature": 3.0, "kd.alpha": 0.7, "ema_decay": 0.0, "lr": 0.1,
-                      "width": 0.5}
+                      "width": 0.5, "arch": "resnet8"}
     assert trial.params == {}
 
 
@@ -93,3 +93,39 @@ def test_teacher_config_takes_the_teacher_recipe():
                                      "student": {"arch": "resnet8"}})
     cfg = space.teacher_config(spec, "cpu")
     assert (cfg.arch, cfg.epochs, cfg.seed, cfg.method) == ("resnet20", 9, 7, "ce")
+
+
+def test_a_trial_draws_the_arch_and_width_only_for_an_arch_that_scales():
+    # a torchvision model has no width: its trials keep 1.0 and never ask Optuna for one
+    spec = make_spec(arch={"choices": ["resnet8", "torchvision:mobilenet_v3_small"]}, width={"choices": [0.25, 0.5]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(12):
+        trial = study.ask()
+        v = space.sample(trial, spec)
+        drawn.add(v["arch"])
+        if v["arch"] == "resnet8":
+            assert v["width"] in (0.25, 0.5) and "width" in trial.params
+        else:
+            assert v["width"] == space.FIXED_WIDTH and "width" not in trial.params
+        study.tell(trial, 0.0)
+    assert drawn == {"resnet8", "torchvision:mobilenet_v3_small"}
+
+
+def test_baseline_and_student_of_a_trial_share_its_arch():
+    spec = make_spec(arch={"choices": ["resnet8", "resnet14"]})
+    study = optuna.create_study()
+    study.enqueue_trial({"arch": "resnet14"})
+    trial = study.ask()
+    values = space.sample(trial, spec)
+    student = space.student_config(spec, values, seed=1, device="cpu")
+    base = space.baseline_config(spec, width=values["width"], seed=1, device="cpu", arch=values["arch"])
+    assert student.arch == base.arch == "resnet14"
+    # without a trial's arch the baseline is the student's (studies that do not search arch)
+    assert space.baseline_config(spec, width=0.5, seed=1, device="cpu").arch == "resnet8"
+
+
+def test_first_trials_try_every_arch_and_method_once():
+    spec = make_spec(arch={"choices": ["resnet8", "resnet14", "resnet20"]}, method={"choices": ["kd", "dkd"]})
+    assert space.first_trials(spec) == [{"method": "kd", "arch": "resnet8"}, {"method": "dkd", "arch": "resnet14"},
+                                        {"method": "kd", "arch": "resnet20"}]

@@ -102,22 +102,17 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
 
 def weights_payload(cfg, num_classes: int, model: nn.Module) -> dict[str, Any]:
     """A trained model as plain tensors plus what rebuilds it (``cfg``: its TrainConfig, for arch and width)."""
-    return {"arch": cfg.arch, "width": cfg.width, "num_classes": num_classes,
+    rebuild = {"arch_args": cfg.arch_args} if getattr(cfg, "arch_args", "") else {}
+    return {"arch": cfg.arch, "width": cfg.width, "num_classes": num_classes, **rebuild,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
-def load_weights(path: Path, arch: str, width: float, num_classes: int) -> nn.Module:
-    """Build ``arch`` and load weights saved by kdsweep (or a bare state_dict)."""
-    payload = load_checkpoint(path)
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: holds no state_dict")
+def load_weights(path: Path, arch: str, width: float, num_classes: int,
+                 arch_args: dict[str, Any] | None = None) -> nn.Module:
+    """Build ``arch`` and load weights saved by kdsweep, a bare state_dict or a .safetensors file
+    (core/weights.py); every tensor must fit."""
     from kdsweep.core.models import build_model
+    from kdsweep.core.weights import load_as_is
 
-    model = build_model(arch, num_classes=num_classes, width=width)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path}: does not fit {arch} x{width}: {first}") from exc
-    return model
+    model = build_model(arch, num_classes=num_classes, width=width, arch_args=arch_args)
+    return load_as_is(model, path, f"{arch} x{width}")

@@ -15,11 +15,17 @@ from typing import Literal, Mapping
 Optimizer = Literal["sgd", "adam"]
 Schedule = Literal["cosine", "onecycle", "constant", "multistep"]
 Precision = Literal["auto", "fp32", "bf16"]
+_SET_ONLY = ("arch_args", "init", "init_sha256")  # logged only when not empty
+
+
+def arch_args_json(args: Mapping[str, object] | None) -> str:
+    """A spec's ``arch_args`` mapping as TrainConfig keeps it: sorted JSON, "" when empty."""
+    return json.dumps(dict(args), sort_keys=True, separators=(",", ":")) if args else ""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str  # a name in MODELS
+    arch: str  # an arch string (core/models/sources.py): a built-in name, torchvision:/timm:NAME, FILE.py:fn
     width: float = 1.0  # channel multiplier of the model
     epochs: int = 30
     batch_size: int = 256
@@ -41,6 +47,10 @@ class TrainConfig:
     device: str = "cpu"
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU (teacher: precision.teacher_bf16)
     channels_last: bool | None = None  # None = on for CUDA and CPU convnets (faster on both)
+    arch_args: str = ""  # the builder's keyword arguments as sorted JSON ("" = none); see arch_kwargs
+    arch_source: str = ""  # the builder's identity (models.identity: "builtin", "timm 1.0.31", a file's sha256)
+    init: str = ""  # a weights file the model starts from (teacher.init; core/weights.py); "" = fresh init
+    init_sha256: str = ""  # that file's digest: a changed file is another run
 
     def __post_init__(self) -> None:
         checks = {
@@ -61,7 +71,15 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))  # a YAML list stays hashable
         from kdsweep.core.methods import LOSSES
+        from kdsweep.core.models.sources import identity
 
+        # filled in here, so every config (and its fingerprint) names the code and weights it builds from
+        if not self.arch_source:
+            object.__setattr__(self, "arch_source", identity(self.arch))
+        if self.init and not self.init_sha256:
+            from kdsweep.core.weights import file_digest
+
+            object.__setattr__(self, "init_sha256", file_digest(self.init))
         # resolved once: every param of the method present, each checked against its bounds
         object.__setattr__(self, "method_params", LOSSES.get(self.method).resolve(dict(self.method_params)))
 
@@ -72,9 +90,19 @@ class TrainConfig:
 
         return LOSSES.get(self.method).needs_teacher
 
+    @property
+    def arch_kwargs(self) -> dict[str, object]:
+        """``arch_args`` as the keyword arguments the builder takes."""
+        return json.loads(self.arch_args) if self.arch_args else {}
+
     def as_params(self) -> dict[str, object]:
-        """Flat dict for logging (MLflow params): the method's params as ``<method>.<param>``."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "method_params"}
+        """Flat dict for logging (MLflow params): the method's params as ``<method>.<param>``.
+
+        ``arch_args`` and ``init`` only when set, so a built-in model's params (and fingerprint) are
+        what they were before models came from other sources.
+        """
+        out = {k: v for k, v in dataclasses.asdict(self).items()
+               if k != "method_params" and not (k in _SET_ONLY and v == "")}
         out.update({f"{self.method}.{k}": v for k, v in sorted(self.method_params.items())})
         return out
 
@@ -85,7 +113,8 @@ class TrainConfig:
         """
         if self.schedule != "multistep":  # unused, so runs (and caches) from before these fields keep their keys
             ignore = (*ignore, "milestones", "gamma")
-        params = {k: v for k, v in self.as_params().items() if k not in ignore}
+        params = {k: v for k, v in self.as_params().items()
+                  if k not in ignore and not (k == "arch_source" and v == "builtin")}
         blob = json.dumps({"config": params, "data": data_identity}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -5,6 +5,8 @@ Readers never touch the network: a missing folder names the ``kdsweep data downl
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,9 @@ class ImageSet:
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
     val_digest: str = ""  # sha256 of the held-out indices: the validation split's identity
+    # the size the models see: batches are resized to it on the device (CIFAR with data.image_size),
+    # so memory holds the 32px originals; None = the stored size
+    input_size: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -145,9 +150,9 @@ def _read_cifar(name: str, root: Path, limit: int | None, size: int | None) -> I
                 test = read(base / (spec.py_test if layout == "py" else spec.bin_test), spec, limit)
                 train = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
                 classes = _cifar_classes(base, spec, layout)
-                if size is not None and size != 32:
-                    train, test = (_resize(train[0], size), train[1]), (_resize(test[0], size), test[1])
-                return make_imageset(name, train, test, classes, options=f"limit={limit}|size={size}")
+                data = make_imageset(name, train, test, classes, options=f"limit={limit}|size={size}")
+                # resized per batch on the device (core/loader.py): 50,000 images at 224px would be 7.5 GB
+                return dataclasses.replace(data, input_size=size) if size is not None and size != 32 else data
     raise missing(name, root, list(dict.fromkeys(searched)))
 
 
@@ -210,12 +215,6 @@ def _cifar_classes(base: Path, spec: _Cifar, layout: str) -> tuple[str, ...]:
     else:
         names = []
     return tuple(names) if len(names) == spec.num_classes else tuple(str(i) for i in range(spec.num_classes))
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    out = [torch.nn.functional.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True)
-           for c in x.split(2048)]
-    return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @DATASETS.register("cifar10")

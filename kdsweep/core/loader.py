@@ -89,7 +89,7 @@ class DeviceLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device: torch.device | str,
                  mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0, pad: int = 4,
                  flip: bool = True, drop_last: bool | None = None, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, resize: int | None = None) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"x must be uint8 [N,C,H,W], got {x.dtype} {list(x.shape)}")
         if len(y) != len(x):
@@ -104,6 +104,7 @@ class DeviceLoader:
         self.batch_size, self.train, self.seed, self.pad, self.flip = batch_size, train, seed, pad, flip
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last, self.dtype = channels_last, dtype
+        self.resize = resize if resize and resize != x.shape[-1] else None  # ImageSet.input_size
         if len(x) == 0 or (self.drop_last and len(x) < batch_size):
             raise DataError(f"split has {len(x)} images, fewer than batch_size={batch_size} with drop_last")
         self.x = x.to(self.device)
@@ -119,7 +120,11 @@ class DeviceLoader:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images (on the device) to the float input the model sees; used for teacher views too."""
-        out = torch.addcmul(self._shift, x.float(), self._scale).to(self.dtype)
+        x = x.float()
+        if self.resize is not None:  # after the crop and flip, as on the original pixels; antialiased when shrinking
+            x = torch.nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear",
+                                                antialias=self.resize < x.shape[-1], align_corners=False)
+        out = torch.addcmul(self._shift, x, self._scale).to(self.dtype)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def epoch(self, epoch: int) -> Iterator[Batch]:

@@ -49,7 +49,7 @@ def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
     else:
         try:
             with torch.device("meta"):  # the layout rule reads conv widths only: no weights needed
-                net = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+                net = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width, arch_args=cfg.arch_kwargs)
         except Exception:  # a model that cannot be built without weights: train it alone
             return None
         layout = use_channels_last(net, device)

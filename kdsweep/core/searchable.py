@@ -1,8 +1,8 @@
 """Every value a study can search, declared once: name, kind, bounds, and the method that owns it.
 
 Spec validation, Optuna sampling, the MLflow params of a run, the report's columns and the plots
-all derive from :func:`searchables`. The recipe's values (``ema_decay``, ``lr``, ``width``) and
-the KD method itself (``method``) belong to every trial; each method's params (``kd.alpha``,
+all derive from :func:`searchables`. The recipe's values (``ema_decay``, ``lr``, ``width``),
+the KD method itself (``method``) and the student's architecture (``arch``) belong to every trial; each method's params (``kd.alpha``,
 ``dkd.beta``, ...) come from that method's declaration in ``kdsweep.core.methods`` and are drawn
 only in trials that draw their method. A new method file adds its params here without an edit.
 """
@@ -14,7 +14,7 @@ from typing import Callable, Literal
 
 from kdsweep.core.methods import LOSSES, MethodParam
 
-Kind = Literal["float", "method"]
+Kind = Literal["float", "method", "arch"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,22 @@ def _method(v) -> str | None:
     return None if isinstance(v, str) and v in LOSSES else f"unknown KD method; choose from {LOSSES.names()}"
 
 
+def _arch(v) -> str | None:
+    # any arch string a study takes (core/models/sources.py), checked from its text and a file's existence;
+    # the preflight builds each one before anything is created
+    from kdsweep.core.models.sources import known_problem
+
+    return known_problem(v) if isinstance(v, str) else "is not an arch string"
+
+
 RECIPE = (
     Searchable("ema_decay", "float", _ema, help="EMA weight of the old average per step"),
     Searchable("lr", "float", _positive, help="peak learning rate"),
     Searchable("width", "float", _positive, help="the student's channel multiplier"),
 )
 METHOD = Searchable("method", "method", _method, help="the KD method (a name in LOSSES)")
+# the student's architecture: drawn before width, and width is drawn only for archs that scale
+ARCH = Searchable("arch", "arch", _arch, help="the student's architecture (its own baselines per seed)")
 
 
 def _from_method(method: str, p: MethodParam) -> Searchable:
@@ -53,7 +63,7 @@ def _from_method(method: str, p: MethodParam) -> Searchable:
 
 def searchables() -> list[Searchable]:
     """The recipe's values, ``method``, then every method's params (methods by name)."""
-    out = [*RECIPE, METHOD]
+    out = [*RECIPE, METHOD, ARCH]
     for name in LOSSES.names():
         out += [_from_method(name, p) for p in LOSSES.get(name).params]
     return out

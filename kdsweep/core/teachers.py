@@ -254,7 +254,7 @@ def table_for(teacher: OnlineTeacher, data, *, device: torch.device | str, bf16:
         return TeacherTable.load(path, key=key).to(device)
     teacher.to(device, channels_last=channels_last, bf16=bf16)
     loader = DeviceLoader(data.train_x, data.train_y, batch_size=batch_size, device=device, mean=data.mean,
-                          std=data.std, train=False, pad=pad, channels_last=channels_last)
+                          std=data.std, train=False, pad=pad, channels_last=channels_last, resize=data.input_size)
     table = compute_table(teacher.model, loader, data_identity=data.identity, key=key, autocast=teacher.autocast,
                           batch_size=batch_size)
     if path is not None:

@@ -227,7 +227,11 @@ class Run:
         with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
             torch.manual_seed(cfg.seed)
             if model is None:
-                model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+                model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width, arch_args=cfg.arch_kwargs)
+                if cfg.init:  # teacher.init: start from a weights file (a re-created head keeps this fresh init)
+                    from kdsweep.core.weights import load_init
+
+                    load_init(model, cfg.init, cfg.arch)
         model.to(device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else use_channels_last(model, device)
         if self.channels_last:
@@ -237,7 +241,8 @@ class Run:
         self.model = model
 
         if loaders is None:
-            common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last)
+            common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last,
+                          resize=data.input_size)
             train_loader = DeviceLoader(
                 data.train_x, data.train_y, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
                 pad=4 if cfg.augment else 0, flip=cfg.augment, **common,
@@ -438,7 +443,8 @@ def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",
     """(train accuracy without augmentation, test accuracy, validation accuracy or None) of a trained model."""
     dev = resolve_device(device)
     model.to(dev)
-    common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False)
+    common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False,
+                  resize=data.input_size)
     autocast = contextlib.nullcontext if dev.type == "cpu" else (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
     train_acc = evaluate(model, DeviceLoader(data.train_x, data.train_y, **common), autocast)
     test_acc = evaluate(model, DeviceLoader(data.test_x, data.test_y, **common), autocast)

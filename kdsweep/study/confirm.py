@@ -78,7 +78,8 @@ def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: Tea
 
     def unit(trial: optuna.trial.FrozenTrial, seed: int) -> Confirmation:
         values = trial.user_attrs["values"]
-        base_cfg = space.baseline_config(spec, width=values["width"], seed=seed, device=device)
+        base_cfg = space.baseline_config(spec, width=values["width"], seed=seed, device=device,
+                                         arch=values.get("arch"))
         base = obtain("baseline", base_cfg, data, tags={"study": spec.name, "stage": "confirm"}, **kwargs)
         cfg = space.student_config(spec, values, seed=seed, device=device)
         params = {"trial": trial.number, "baseline_run_id": base.run_id, "teacher_run_id": teacher.run_id,

@@ -31,6 +31,7 @@ from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.online import OnlineTeacherRun
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
+from kdsweep.study.speed import LatencyBook, speed_params, with_speed
 from kdsweep.study.tables import describe_source
 from kdsweep.core.checkpoint import weights_payload
 from kdsweep.core.summary import Selected
@@ -97,18 +98,20 @@ class Objective:
         self.spec, self.data, self.source, self.teacher = spec, data, teacher_source, teacher
         self.recorder, self.workdir, self.device, self.locks = recorder, workdir, device, locks
         self.train_fn = train_fn
-        self._baselines: dict[tuple[float, int], Trained] = {}
+        self._baselines: dict[tuple[str, float, int], Trained] = {}
+        self.speeds = LatencyBook(spec, data, device)
         self._free_cuda = False
         quiet_expected_failures()
 
-    def baseline(self, width: float, seed: int) -> Trained:
-        """The no-KD student of this width and seed, trained once per study (and reused after)."""
-        if (width, seed) not in self._baselines:
-            cfg = space.baseline_config(self.spec, width=width, seed=seed, device=self.device)
-            self._baselines[(width, seed)] = obtain("baseline", cfg, self.data, recorder=self.recorder,
-                                                    workdir=self.workdir, tags={"study": self.spec.name},
-                                                    locks=self.locks, train_fn=self.train_fn)
-        return self._baselines[(width, seed)]
+    def baseline(self, width: float, seed: int, arch: str | None = None) -> Trained:
+        """The no-KD student of this arch, width and seed, trained once per study (and reused after)."""
+        arch = arch or self.spec.student.arch
+        if (arch, width, seed) not in self._baselines:
+            cfg = space.baseline_config(self.spec, width=width, seed=seed, device=self.device, arch=arch)
+            self._baselines[(arch, width, seed)] = obtain("baseline", cfg, self.data, recorder=self.recorder,
+                                                          workdir=self.workdir, tags={"study": self.spec.name},
+                                                          locks=self.locks, train_fn=self.train_fn)
+        return self._baselines[(arch, width, seed)]
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run the trial; on failure record why (Optuna user attr ``fail_reason``, MLflow tag
@@ -140,7 +143,7 @@ class Objective:
         trial.set_user_attr("values", values)  # every value of the trial, drawn or fixed: the confirmation reruns it
         scores, deltas = [], []
         for i, seed in enumerate(self.spec.seeds):
-            base = self.baseline(values["width"], seed)
+            base = self.baseline(values["width"], seed, values.get("arch"))
             # Optuna prunes single-objective studies only
             sel = self._train_one(trial, values, seed, base, report=(i == 0 and not self.spec.multi_objective))
             scores.append(sel.final_acc)
@@ -151,9 +154,14 @@ class Objective:
             trial.set_user_attr(f"{name}_std", statistics.stdev(xs) if len(xs) > 1 else 0.0)
         trial.set_user_attr("seeds", list(self.spec.seeds))
         value = statistics.fmean(deltas if self.spec.objective == "delta_vs_baseline" else scores)
-        if self.spec.multi_objective:  # second objective, minimised: the student's size
-            size = count_params(build_model(self.spec.student.arch, num_classes=self.data.num_classes,
-                                            width=values["width"]))
+        speed = self.speeds.of(values.get("arch", self.spec.student.arch), values["width"])
+        trial.set_user_attr("latency_ms", speed.latency_ms)
+        if self.spec.multi_objective:  # second objective, minimised: the student's size or its latency
+            if self.spec.pareto_metric == "latency_ms":
+                return value, speed.latency_ms
+            arch = values.get("arch", self.spec.student.arch)
+            size = count_params(build_model(arch, num_classes=self.data.num_classes, width=values["width"],
+                                            arch_args=space.arch_args_of(self.spec, arch)))
             trial.set_user_attr("num_params", size)
             return value, float(size)
         return value
@@ -165,7 +173,9 @@ class Objective:
         if self.spec.teacher.mode == "online":  # a fresh teacher trained beside this student
             online = OnlineTeacherRun(self.spec, self.data, cfg, recorder=self.recorder, trial=trial, seed=seed,
                                       workdir=self.workdir)
-        params = {**cfg.as_params(), **data_params(self.data), "trial": trial.number, "baseline_run_id": base.run_id,
+        speed = self.speeds.of(cfg.arch, cfg.width)  # measured before training, on an idle device
+        params = {**cfg.as_params(), **data_params(self.data), **speed_params(speed), "trial": trial.number,
+                  "baseline_run_id": base.run_id,
                   "teacher_run_id": online.run_id if online else self.teacher.run_id,
                   "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg)}
         tags = {"study": self.spec.name, "trial": str(trial.number), "seed": str(seed)}
@@ -209,7 +219,7 @@ class Objective:
             # epochs trained before the resume whose log was lost (checkpointed, then killed or the server went)
             self.recorder.backfill(run_id, result.history[:result.resumed_from_epoch])
         teacher_summary = online.finish(result) if online is not None else self.teacher.summary
-        summary = result.summary().compared_with(base.summary, teacher_summary)
+        summary = with_speed(result.summary().compared_with(base.summary, teacher_summary), speed)
         final = save_checkpoint(weights_payload(cfg, self.data.num_classes, result.scored_model),
                                 self.workdir / "models" / f"distilled-{key}.pt")
         self.recorder.finish(run_id, summary, final)

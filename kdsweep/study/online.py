@@ -22,6 +22,7 @@ from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.core.checkpoint import weights_payload
 from kdsweep.study.teacher import data_params
+from kdsweep.core.config import arch_args_json
 
 # the teacher steps on the student's batches, so these come from the student's recipe
 SHARED_WITH_STUDENT = ("epochs", "batch_size", "augment", "precision")
@@ -33,7 +34,8 @@ def teacher_config(spec: StudySpec, student: TrainConfig) -> TrainConfig:
     fields = t.recipe.model_dump()
     fields.update({name: getattr(student, name) for name in SHARED_WITH_STUDENT})
     fields["patience"] = 0  # the student's patience stops both
-    return TrainConfig(arch=t.arch, width=t.width, seed=student.seed, device=student.device, **fields)
+    return TrainConfig(arch=t.arch, width=t.width, seed=student.seed, device=student.device,
+                       arch_args=arch_args_json(t.arch_args), **fields)
 
 
 class OnlineTeacherRun:

@@ -136,53 +136,102 @@ def _student_widths(spec: StudySpec) -> list[tuple[str, float]]:
     return [("search.width", float(v)) for v in values]
 
 
+def _model_problem(role: str, arch: str, field: str, w: float, exc: Exception) -> str:
+    from kdsweep.core.models import parse_arch
+
+    try:
+        builtin = parse_arch(arch).source == "builtin"
+    except ValueError:
+        builtin = False
+    # a built-in's width is the field at fault; any other source's failure is its arch string's
+    return f"{field}={w!r}: {exc}" if builtin else f"{role}.arch={arch!r}: {exc}"
+
+
 def model_problems(spec: StudySpec, data: ImageSet) -> list[str]:
-    """Every model builds at its widths, and takes the data's images."""
+    """Every model builds at its widths, and maps a batch of 2 of the data's images to [2, classes]."""
+    from kdsweep.core.models import parse_arch
+
     problems = []
-    size = tuple(data.train_x.shape[-2:])
-    roles = [("teacher", spec.teacher.arch, [("teacher.width", spec.teacher.width)]),
-             ("student", spec.student.arch, _student_widths(spec))]
-    for role, arch, widths in roles:
+    size = input_size(data)
+    roles = [("teacher", spec.teacher.arch, spec.teacher.arch_args, [("teacher.width", spec.teacher.width)]),
+             ("student", spec.student.arch, spec.student.arch_args, _student_widths(spec))]
+    if spec.search.arch is not None:  # every arch the trials can draw, at its widths
+        from kdsweep.study.space import FIXED_WIDTH, archs, scales
+
+        roles += [("search", arch, {}, _student_widths(spec) if scales(arch)
+                   else [("search.arch", FIXED_WIDTH)]) for arch in archs(spec) if arch != spec.student.arch]
+    for role, arch, args, widths in roles:
         model = None
         for field, w in widths:
             try:
-                built = build_model(arch, num_classes=data.num_classes, width=w)
+                built = build_model(arch, num_classes=data.num_classes, width=w, arch_args=args)
             except ValueError as exc:
-                problems.append(f"{field}={w!r}: {exc}")
-                continue
+                problems.append(_model_problem(role, arch, field, w, exc))
+                break
             model = model or built
         if model is None:
             continue
+        head = f"{role}.arch={arch!r}"
         try:
-            with torch.no_grad():  # one image on the CPU: milliseconds (the meta device takes seconds to set up)
-                model.eval()(torch.zeros(1, 3, *size))
+            with torch.no_grad():  # two images on the CPU: milliseconds (the meta device takes seconds to set up)
+                out = model.eval()(torch.zeros(2, 3, *size))
         except torch.OutOfMemoryError:
-            pass
+            continue
         except RuntimeError as exc:  # torch's shape errors: a pool or conv left with no pixels
             first = str(exc).strip().splitlines()[0][:200]
-            problems.append(f"{role}.arch={arch!r}: does not take the data's {size[0]}x{size[1]} images ({first}); "
+            problems.append(f"{head}: does not take the data's {size[0]}x{size[1]} images ({first}); "
                             "use larger images (data.image_size) or another model")
-        except Exception:  # noqa: BLE001 - a model bug, not a size: its trials fail and record the reason
-            pass
+            continue
+        except Exception as exc:  # noqa: BLE001 - a built-in's bug fails its trials with the reason; a user's is named
+            if parse_arch(arch).source != "builtin":
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                problems.append(f"{head}: a forward of 2 {size[0]}x{size[1]} images failed: {type(exc).__name__}: "
+                                f"{first}")
+            continue
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else None
+        if shape != [2, data.num_classes]:
+            got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
+            problems.append(f"{head}: a batch of 2 {size[0]}x{size[1]} images gave {got}; expected "
+                            f"[2, {data.num_classes}] (one logit per class of the data)")
     return problems
 
 
+def input_size(data: ImageSet) -> tuple[int, int]:
+    """The images' size as the models see them (``data.image_size`` resizes CIFAR batches on the device)."""
+    size = getattr(data, "input_size", None)
+    return (size, size) if size else tuple(data.train_x.shape[-2:])
+
+
+def _read_weights(field: str, path) -> tuple[dict | None, dict | None, str | None]:
+    """(payload metadata, tensors, problem line) of a teacher weights file."""
+    from kdsweep.core.weights import read_state_dict, unwrap
+
+    head = f"teacher.{field}={str(path)!r}"
+    try:
+        if str(path).endswith(".safetensors"):
+            return {}, read_state_dict(path), None
+        payload = load_checkpoint(path)
+        meta = payload if isinstance(payload, dict) and "state_dict" in payload else {}  # kdsweep's own file
+        return meta, unwrap(payload, path), None
+    except CheckpointError as exc:
+        return None, None, f"{head}: {str(exc).removeprefix(f'{path}: ')[:300]}"
+
+
 def checkpoint_problems(spec: StudySpec, num_classes: int | None) -> list[str]:
-    """A teacher checkpoint loads with weights_only=True and fits the teacher (``num_classes`` when known)."""
-    path = spec.teacher.checkpoint
+    """A teacher checkpoint loads with weights_only=True and fits the teacher (``num_classes`` when known);
+    a ``teacher.init`` file fits it but for the classifier head."""
+    t = spec.teacher
+    if t.init is not None:
+        return init_problems(spec, num_classes)
+    path = t.checkpoint
     if path is None:
         return []
     head = f"teacher.checkpoint={str(path)!r}"
-    try:
-        payload = load_checkpoint(path)
-    except CheckpointError as exc:
-        return [f"{head}: {str(exc).removeprefix(f'{path}: ')[:300]}"]
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        return [f"{head}: holds no state_dict of tensors (kdsweep saves {{arch, width, num_classes, state_dict}})"]
-    t = spec.teacher
+    meta, state, problem = _read_weights("checkpoint", path)
+    if problem:
+        return [problem]
     want = {"arch": t.arch, "width": t.width, "num_classes": num_classes}
-    saved = {k: payload[k] for k in want if k in payload and want[k] is not None}
+    saved = {k: meta[k] for k in want if k in meta and want[k] is not None}
     differ = [k for k, v in saved.items() if v != want[k]]
     if differ:
         return [f"{head}: saved for {', '.join(f'{k}={saved[k]!r}' for k in differ)}; the study needs "
@@ -190,12 +239,31 @@ def checkpoint_problems(spec: StudySpec, num_classes: int | None) -> list[str]:
     if num_classes is None:
         return []
     try:
-        model = build_model(t.arch, num_classes=num_classes, width=t.width)
+        model = build_model(t.arch, num_classes=num_classes, width=t.width, arch_args=t.arch_args)
     except ValueError:
-        return []  # the width itself is wrong: model_problems names it
+        return []  # the arch or width itself is wrong: model_problems names it
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return _shape_problems(head, f"{t.arch} x{t.width} with {num_classes} classes", expected,
                            {k: tuple(v.shape) for k, v in state.items()})
+
+
+def init_problems(spec: StudySpec, num_classes: int | None) -> list[str]:
+    """``teacher.init``: readable, and every tensor but the classifier head's fits the teacher."""
+    from kdsweep.core.weights import replaced_head
+
+    t = spec.teacher
+    _, state, problem = _read_weights("init", t.init)
+    if problem or num_classes is None:
+        return [problem] if problem else []
+    try:
+        model = build_model(t.arch, num_classes=num_classes, width=t.width, arch_args=t.arch_args)
+    except ValueError:
+        return []  # model_problems names it
+    try:
+        replaced_head(model, state, t.init, f"teacher {t.arch}")
+    except CheckpointError as exc:
+        return [f"teacher.init={str(t.init)!r}: {str(exc).removeprefix(f'{t.init}: ')[:300]}"]
+    return []
 
 
 def _shape_problems(head: str, what: str, expected: dict[str, tuple], got: dict[str, tuple]) -> list[str]:

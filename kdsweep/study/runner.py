@@ -92,7 +92,18 @@ def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Pa
     if spec.teacher.checkpoint is not None:
         with locks.hold(f"teacher-checkpoint:{spec.teacher.checkpoint.name}"):
             return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
-    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks)
+    params = init_params(cfg, data) if cfg.init else None
+    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks, params=params)
+
+
+def init_params(cfg, data: ImageSet) -> dict[str, str]:
+    """``teacher.init``: the head tensors the fine-tuning re-creates (the file's class count differs), logged."""
+    from kdsweep.core.models import build_model
+    from kdsweep.core.weights import read_state_dict, replaced_head
+
+    model = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width, arch_args=cfg.arch_kwargs)
+    replaced = replaced_head(model, read_state_dict(cfg.init), cfg.init, f"teacher {cfg.arch}")
+    return {"init_replaced": ",".join(replaced) or "none"}
 
 
 def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
@@ -183,6 +194,8 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
 
     # Exceptions inside a trial (divergence, out of memory, a model bug) fail that trial only;
     # KeyboardInterrupt and SystemExit still stop the study.
+    if search:  # the students' latency, on this device before it trains anything else (study/speed.py)
+        objective.speeds.measure_known()
     try:
         if not search:
             pass

@@ -16,7 +16,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       model_validator)
 
 from kdsweep.core.methods import LOSSES
-from kdsweep.core.searchable import METHOD, RECIPE, Searchable, method_searchables
+from kdsweep.core.searchable import ARCH, METHOD, RECIPE, Searchable, method_searchables
 
 from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, url_scheme
 
@@ -86,8 +86,8 @@ def _bounded(s: Searchable):
     def check(p):
         if p is None:
             return p
-        if isinstance(p, Range) and s.kind == "method":
-            raise ValueError("a method is picked from choices, not a range")
+        if isinstance(p, Range) and s.kind in ("method", "arch"):
+            raise ValueError(f"{'a method' if s.kind == 'method' else 'an arch'} is picked from choices, not a range")
         values = [p] if isinstance(p, (int, float, str)) else p.values()
         for v in values:
             if s.kind == "float" and isinstance(v, str):
@@ -177,7 +177,7 @@ def _method_models(kind: str, field_for) -> dict[str, Any]:
 
 SearchSpace = create_model(
     "SearchSpace", __base__=_SearchBase,
-    **{s.name: _searched(s) for s in (*RECIPE, METHOD)},
+    **{s.name: _searched(s) for s in (*RECIPE, METHOD, ARCH)},
     **_method_models("search", _searched),
 )
 
@@ -236,17 +236,60 @@ class DataSpec(Strict):
 
 
 def _known_model(v: str) -> str:
-    from kdsweep.core.models import MODELS
+    # the forms of core/models/sources.py, from the text and a file's existence only (no import of the
+    # user's module, torchvision or timm here: the preflight builds each model once)
+    from kdsweep.core.models.sources import known_problem
 
-    if v not in MODELS:
-        raise ValueError(f"unknown architecture; choose from {MODELS.names()}")
+    problem = known_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def _plain_args(v: dict[str, Any]) -> dict[str, Any]:
+    """``arch_args``: keyword arguments of the builder, plain YAML values (they are logged and hashed as JSON)."""
+    import json
+
+    bad = [k for k in v if not (isinstance(k, str) and k.isidentifier())]
+    if bad:
+        raise ValueError(f"key {bad[0]!r} is not a keyword argument name")
+    if "num_classes" in v:
+        raise ValueError("num_classes comes from the data; leave it out of arch_args")
+    try:
+        json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"values must be plain numbers, strings, booleans, lists or mappings ({exc})") from None
+    return v
+
+
+def _width_fits(v: float, info) -> float:
+    # a width for a model that cannot scale would be ignored or refused at every trial: refuse it once here
+    from kdsweep.core.models.sources import scales_with_width
+
+    arch = info.data.get("arch")
+    if v != 1.0 and arch is not None and not scales_with_width(arch):
+        raise ValueError(f"{arch} has a fixed width (only built-in models scale); leave width out or set 1.0")
+    return v
+
+
+def _readable_file(v: Path | None, what: str) -> Path | None:
+    try:
+        found = v is None or v.is_file()
+    except OSError as exc:  # a name too long, a folder we may not read
+        raise ValueError(f"{what} file cannot be read: {exc.strerror or exc}") from None
+    if not found:
+        raise ValueError(f"{what} file does not exist")
     return v
 
 
 class TeacherSpec(Strict):
     arch: str
+    arch_args: dict[str, Any] = {}  # keyword arguments of the arch's builder (e.g. timm's drop_path_rate)
     width: float = Field(default=1.0, gt=0)
     checkpoint: Path | None = None  # a trained teacher's weights: skip training
+    # weights to start from, then fine-tuned with recipe on the study's data; a head of another class
+    # count is re-created (core/weights.py). Both take kdsweep files, bare state_dicts and .safetensors
+    init: Path | None = None
     seed: Int64 = 0
     recipe: Recipe = Recipe()
     # pretrained: trained once (or loaded from checkpoint), then frozen for every trial.
@@ -255,33 +298,41 @@ class TeacherSpec(Strict):
     mode: Literal["pretrained", "online"] = "pretrained"
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+    _args = field_validator("arch_args")(classmethod(lambda cls, v: _plain_args(v)))
+    _width = field_validator("width")(classmethod(lambda cls, v, info: _width_fits(v, info)))
 
     @field_validator("mode")
     @classmethod
     def _online_trains(cls, v: str, info) -> str:
         if v == "online" and info.data.get("checkpoint") is not None:
             raise ValueError("an online teacher is trained with each student; drop checkpoint or use mode: pretrained")
+        if v == "online" and info.data.get("init") is not None:
+            raise ValueError("teacher.init fine-tunes one pretrained teacher; drop init or use mode: pretrained")
         return v
 
     @field_validator("checkpoint")
     @classmethod
     def _exists(cls, v: Path | None) -> Path | None:
-        try:
-            found = v is None or v.is_file()
-        except OSError as exc:  # a name too long, a folder we may not read
-            raise ValueError(f"checkpoint file cannot be read: {exc.strerror or exc}") from None
-        if not found:
-            raise ValueError("checkpoint file does not exist")
-        return v
+        return _readable_file(v, "checkpoint")
+
+    @field_validator("init")
+    @classmethod
+    def _init_exists(cls, v: Path | None, info) -> Path | None:
+        if v is not None and info.data.get("checkpoint") is not None:
+            raise ValueError("checkpoint uses weights as they are, init fine-tunes them: give one of the two")
+        return _readable_file(v, "init")
 
 
 class _StudentBase(Strict):
     arch: str
+    arch_args: dict[str, Any] = {}  # keyword arguments of the arch's builder
     width: float = Field(default=1.0, gt=0)  # used when the search space has no width
     method: str = "kd"  # the KD method (a name in kdsweep.core.methods.LOSSES), used when not searched
     recipe: Recipe = Recipe()
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
+    _args = field_validator("arch_args")(classmethod(lambda cls, v: _plain_args(v)))
+    _width = field_validator("width")(classmethod(lambda cls, v, info: _width_fits(v, info)))
 
     @model_validator(mode="before")
     @classmethod
@@ -349,6 +400,17 @@ Published = create_model(
 )
 
 
+ACCURACY_OBJECTIVES = ("val_acc", "delta_vs_baseline", "test_acc")
+PARETO_METRICS = ("params", "latency_ms")
+
+
+def _varies(p: Any) -> int:
+    """How many values a search entry can take (0: not searched; 2 for any range)."""
+    if p is None or isinstance(p, (int, float, str)):
+        return 0 if p is None else 1
+    return len(set(p.values()))
+
+
 class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     seeds: list[Int64] = Field(default=[0], min_length=1, max_length=MAX_ITEMS)
@@ -370,6 +432,11 @@ class StudySpec(Strict):
     confirm: ConfirmSpec | None = None  # retrain the best trials on fresh seeds after the search
     # also minimise the student's parameter count: Optuna keeps the Pareto front of accuracy vs size
     multi_objective: bool = False
+    # what multi_objective minimises beside accuracy: the parameter count, or the student's milliseconds per
+    # image at batch 1 (core/latency.py); `objective: [val_acc, latency_ms]` sets both fields
+    pareto_metric: Literal["params", "latency_ms"] = "params"
+    # timed runs per batch size when measuring each student's latency (median taken; core/latency.py)
+    latency_repeats: Int64 = Field(default=10, ge=1, le=1000)
     storage: str = Field(default=DEFAULT_STORAGE, max_length=MAX_TEXT)  # Optuna storage URL
     tracking_uri: str = Field(default=DEFAULT_TRACKING_URI, max_length=MAX_TEXT)  # MLflow tracking URI
     artifacts: str = Field(default=DEFAULT_ARTIFACTS, max_length=MAX_TEXT)  # artifact root for new MLflow experiments
@@ -430,9 +497,27 @@ class StudySpec(Strict):
         if sampler == "cmaes":
             raise ValueError("the cmaes sampler optimises one objective; use tpe, random or grid")
         w = search.width if search is not None else None
-        if search is not None and (w is None or isinstance(w, (int, float)) or len(set(w.values())) < 2):
-            raise ValueError("the parameter count only changes with the student's width; "
-                             "search width over two or more values")
+        if search is not None and _varies(search.arch) < 2 and _varies(w) < 2:
+            raise ValueError("the student's size and latency change only with its width or arch; "
+                             "search width or arch over two or more values")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_pair(cls, raw: Any) -> Any:
+        # `objective: [val_acc, latency_ms]`: a Pareto study, read as multi_objective with that second metric
+        if isinstance(raw, dict) and isinstance(raw.get("objective"), list) and len(raw["objective"]) == 2:
+            first, second = raw["objective"]
+            if first in ACCURACY_OBJECTIVES and second in PARETO_METRICS:
+                return {**raw, "objective": first, "multi_objective": True, "pareto_metric": second}
+        return raw
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_form(cls, v: Any) -> Any:
+        if isinstance(v, list):  # a pair _objective_pair did not take
+            raise ValueError(f"a Pareto objective is [ACCURACY, COST] with ACCURACY one of "
+                             f"{list(ACCURACY_OBJECTIVES)} and COST one of {list(PARETO_METRICS)}")
         return v
 
     @model_validator(mode="after")
@@ -481,6 +566,23 @@ class StudySpec(Strict):
             if owner is not None and owner not in drawn:
                 raise ValueError(f"search.{name} is searched but no trial uses method {owner!r} "
                                  f"(the methods drawn: {drawn}; see search.method and student.method)")
+        return self
+
+    @model_validator(mode="after")
+    def _searched_width_scales(self) -> "StudySpec":
+        from kdsweep.core.models.sources import scales_with_width
+
+        w = self.search.get("width")
+        values = [] if w is None else [w] if isinstance(w, (int, float, str)) else w.values()
+        if self.search.arch is not None:  # width is drawn only in trials whose arch scales: one must
+            a = self.search.arch
+            archs = [a] if isinstance(a, str) else [str(v) for v in a.values()]
+            if any(v != 1.0 for v in values) and not any(scales_with_width(a) for a in archs):
+                raise ValueError(f"search.width: no arch in search.arch {archs} scales (only built-in models do); "
+                                 "drop search.width")
+        elif any(v != 1.0 for v in values) and not scales_with_width(self.student.arch):
+            raise ValueError(f"search.width: student.arch={self.student.arch!r} has a fixed width (only built-in "
+                             "models scale); drop search.width")
         return self
 
     @model_validator(mode="after")

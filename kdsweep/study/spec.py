@@ -326,13 +326,39 @@ def _data_root_problem(source: str, raw: dict[str, Any], flags: dict[str, str]) 
     return f"{source}: data.root={shown(str(root))}{origin}: folder does not exist{hint}"
 
 
+def resolve_arch_files(raw: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """``FILE.py:CALLABLE`` arch strings made absolute against the spec's folder (``base_dir``), so every
+    later step (trials, workers started elsewhere, the logged params) names the same file."""
+    from kdsweep.core.models.sources import resolve_arch
+
+    out = dict(raw)
+    for role in ("teacher", "student"):
+        part = out.get(role)
+        if isinstance(part, dict) and isinstance(part.get("arch"), str):
+            out[role] = {**part, "arch": resolve_arch(part["arch"], base_dir)}
+    search = out.get("search")
+    arch = search.get("arch") if isinstance(search, dict) else None  # search.arch: {choices: [...]}
+    if isinstance(arch, dict) and isinstance(arch.get("choices"), list):
+        choices = [resolve_arch(c, base_dir) if isinstance(c, str) else c for c in arch["choices"]]
+        out["search"] = {**search, "arch": {**arch, "choices": choices}}
+    return out
+
+
 def load_spec(path: Path, overrides: dict[str, Any] | None = None, *, check_data: bool = True) -> StudySpec:
     """Read, override and validate a study spec; raise SpecError listing every problem.
 
     Nothing is created here (no folder, database or run), so a bad spec leaves no trace.
     """
+    return spec_from_raw(read_yaml(path), path, overrides, check_data=check_data)
+
+
+def spec_from_raw(raw: dict[str, Any], path: Path | str, overrides: dict[str, Any] | None = None, *,
+                  check_data: bool = True) -> StudySpec:
+    """:func:`load_spec` of a spec already read (a dict from the Python API); ``path`` names it in problems."""
+    if not isinstance(raw, dict):
+        raise SpecError([f"{path}: the spec must be a mapping of fields, got {shown(raw, 100)}"])
     overrides = overrides or {}
-    raw = apply_overrides(read_yaml(path), overrides)
+    raw = resolve_arch_files(apply_overrides(raw, overrides), Path(path).resolve().parent)
     flags = {path: "--set" for path, _ in parse_set(overrides.get("set") or ())}
     flags.update(FLAG_FIELDS[k] for k, v in overrides.items() if v is not None and k in FLAG_FIELDS)
     problems: list[str] = []

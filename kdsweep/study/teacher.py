@@ -21,6 +21,7 @@ from kdsweep.core.models import count_params
 from kdsweep.core.summary import RunSummary
 from kdsweep.core.teachers import TeacherSource
 from kdsweep.core.trainer import TrainResult, evaluate_split, train
+from kdsweep.core.weights import file_digest
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.recorder import Recorder, RunInfo
 
@@ -65,7 +66,7 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
             params: dict | None, finish: Callable[[RunSummary], RunSummary] | None) -> Trained:
     found = recorder.find(role, key)
     if found is not None and found.checkpoint is not None:
-        model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes)
+        model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes, cfg.arch_kwargs)
         return Trained(model.eval(), found.summary, found.run_id, reused=True)
 
     params = {**cfg.as_params(), **data_params(data), **(params or {})}
@@ -88,16 +89,19 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
 def from_checkpoint(path: Path, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder,
                     tags: dict[str, str]) -> Trained:
     """A teacher given as weights: evaluate it once and record it as the study's teacher run."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    key = hashlib.sha256(f"{digest}:{data.identity}".encode()).hexdigest()[:16]
-    model = load_weights(path, cfg.arch, cfg.width, data.num_classes)
+    digest = file_digest(path)[:16]
+    # a model from a user's file or another library: its code's identity too (a built-in's key is as before)
+    code = "" if cfg.arch_source == "builtin" else f":{cfg.arch}:{cfg.arch_source}:{cfg.arch_args}"
+    key = hashlib.sha256(f"{digest}:{data.identity}{code}".encode()).hexdigest()[:16]
+    model = load_weights(path, cfg.arch, cfg.width, data.num_classes, cfg.arch_kwargs)
     found = recorder.find("teacher", key)
     if found is not None:
         return Trained(model.eval(), found.summary, found.run_id, reused=True)
     train_acc, test_acc, val_acc = evaluate_split(model, data, device=cfg.device)
     summary = RunSummary(final_epoch=0, final_test_acc=test_acc, final_train_acc=train_acc,
                          num_params=count_params(model), final_val_acc=val_acc)
-    params = {"arch": cfg.arch, "width": cfg.width, "checkpoint": str(path), "checkpoint_sha256": digest,
+    params = {"arch": cfg.arch, "width": cfg.width, "arch_source": cfg.arch_source, "checkpoint": str(path),
+              "checkpoint_sha256": digest, **({"arch_args": cfg.arch_args} if cfg.arch_args else {}),
               **data_params(data)}
     run_id = recorder.start(RunInfo(role="teacher", key=key, params=params, tags={**tags, "source": "checkpoint"}))
     recorder.finish(run_id, summary, Path(path))

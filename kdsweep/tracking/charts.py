@@ -9,10 +9,9 @@ already). A figure with no twin here is shown in the html as its PNG.
 from __future__ import annotations
 
 import statistics
-import warnings
 from typing import Sequence
 
-from kdsweep.tracking.plots import MIN_TRIALS_FOR_IMPORTANCE, Curve
+from kdsweep.tracking.plots import Curve
 
 LAYOUT = {"template": "plotly_white", "height": 420, "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
           "hoverlabel": {"align": "left"}}
@@ -82,15 +81,38 @@ def param_scatter(points: Sequence[tuple[str, dict[str, float], list[float]]], n
     return fig
 
 
-def pareto_plot(points: Sequence[tuple[int, float, bool, str]]):
-    """Accuracy against student parameter count; ``points`` are (params, accuracy, on_front, label)."""
+def forest_plot(rows: Sequence[tuple[str, object]], *, title: str):
+    """Each row's paired gain (points) with its 95% interval (bars); the dashed line is no gain."""
+    rows = [(label, g) for label, g in rows if g is not None]
+    if not rows:
+        return None
+    go = _go()
+    fig = go.Figure(go.Scatter(
+        x=[100 * g.mean for _, g in rows], y=[label for label, _ in rows], mode="markers",
+        marker={"size": 9, "color": ["#1f77b4" if g.distinguishable else "#999" for _, g in rows]},
+        error_x={"type": "data", "symmetric": False, "array": [100 * (g.high - g.mean) for _, g in rows],
+                 "arrayminus": [100 * (g.mean - g.low) for _, g in rows]},
+        customdata=[[100 * g.low, 100 * g.high, g.n] for _, g in rows],
+        hovertemplate="%{y}<br>gain %{x:+.2f}% [%{customdata[0]:+.2f}, %{customdata[1]:+.2f}] over "
+                      "%{customdata[2]} seeds<extra></extra>"))
+    fig.add_vline(x=0, line_dash="dash", line_color="black")
+    fig.update_layout(title=title, xaxis_title="gain over the matched baseline, % (95% CI)",
+                      **{**LAYOUT, "height": 120 + 50 * len(rows)})
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def pareto_plot(points: Sequence[tuple[float, float, bool, str]], *, xlabel: str = "student parameters",
+                title: str = "accuracy vs student size"):
+    """Accuracy against the student's cost (its parameter count, or its latency); ``points`` are
+    (cost, accuracy, on_front, label)."""
     if len({p for p, _, _, _ in points}) < 2:
         return None
     go = _go()
     fig = go.Figure()
     rest = [(p, a, label) for p, a, front, label in points if not front]
     front = sorted((p, a, label) for p, a, on, label in points if on)
-    hover = "%{text}<br>%{x:,} parameters<br>test acc %{y:.2f}%<extra></extra>"
+    hover = f"%{{text}}<br>{xlabel} %{{x:,.4g}}<br>val acc %{{y:.2f}}%<extra></extra>"
     if rest:
         fig.add_trace(go.Scatter(x=[p for p, _, _ in rest], y=[100 * a for _, a, _ in rest], mode="markers",
                                  name="dominated trials", marker={"color": "#999"},
@@ -98,39 +120,18 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]):
     fig.add_trace(go.Scatter(x=[p for p, _, _ in front], y=[100 * a for _, a, _ in front], mode="lines+markers",
                              name="Pareto front", marker={"color": "#c0392b"},
                              text=[label for _, _, label in front], hovertemplate=hover))
-    fig.update_layout(title="accuracy vs student size", xaxis_title="student parameters",
-                      yaxis_title="final test accuracy %", **LAYOUT)
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title="final validation accuracy % (what selected it)",
+                      **LAYOUT)
     return fig
 
 
-def optuna_charts(study) -> tuple[dict[str, object], list[str]]:
-    """Optuna's plotly plots, named as their PNGs in ``plots.optuna_plots`` (which gives the notes)."""
-    import optuna
+def optuna_figure(function: str, study, **kwargs):
+    """``optuna.visualization.<function>`` of ``study`` (plotly already); None when it drew no data."""
     from optuna import visualization as ov
 
-    multi = len(study.directions) > 1
-    target = (lambda t: t.values[0]) if multi else None  # accuracy, the first objective
-    kw = {"target": target, "target_name": "test accuracy"} if multi else {}
-    makers = {
-        "optuna_history": lambda: ov.plot_optimization_history(study, **kw),
-        "optuna_importances": lambda: ov.plot_param_importances(study, **kw),
-        "optuna_parallel": lambda: ov.plot_parallel_coordinate(study, **kw),
-    }
-    if multi:
-        makers["optuna_pareto"] = lambda: ov.plot_pareto_front(study, target_names=["test accuracy", "parameters"])
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-    if done < MIN_TRIALS_FOR_IMPORTANCE:
-        del makers["optuna_importances"]
-    figures, notes = {}, []
-    for name, make in makers.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ExperimentalWarning, and "too few trials"
-                fig = make()
-        except (ValueError, RuntimeError, optuna.exceptions.OptunaError) as exc:
-            notes.append(f"{name}: skipped ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
-            continue
-        if any(len(getattr(t, "x", None) or getattr(t, "dimensions", None) or ()) for t in fig.data):
-            fig.update_layout(height=LAYOUT["height"])
-            figures[name] = fig
-    return figures, notes
+    fig = getattr(ov, function)(study, **kwargs)
+    if not any(len(getattr(t, "x", None) or getattr(t, "dimensions", None) or ()) for t in fig.data):
+        return None
+    fig.update_layout(height=LAYOUT["height"])
+    return fig
+

@@ -75,6 +75,7 @@ def final_metrics(summary: dict[str, float], data: dict[str, Any] | None, *, mod
 def model_config(params: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
     data = data or {}
     return {"arch": str(params["arch"]), "width": float(params.get("width", 1.0)),
+            "arch_args": str(params.get("arch_args") or ""), "input_size": int(data.get("input_size") or 0),
             "num_classes": int(data["num_classes"]), "mean": list(data["mean"]), "std": list(data["std"])}
 
 

@@ -245,7 +245,8 @@ class MlflowRecorder:
                 "confirm_seeds": (spec.get("confirm") or {}).get("seeds"),
                 "teacher_arch": spec.get("teacher", {}).get("arch"),
                 "student_arch": spec.get("student", {}).get("arch"),
-                "dataset": spec.get("data", {}).get("dataset"), "data_identity": params.get("data_identity")}
+                "dataset": spec.get("data", {}).get("dataset"), "data_identity": params.get("data_identity"),
+                "pareto_metric": spec.get("pareto_metric") if spec.get("multi_objective") else None}
         self._log_params(self.parent_id, flat)
         text = redact_passwords(json.dumps(params, indent=2, default=str))
         self.client.log_text(self.parent_id, text, "spec.json")

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import io
 import statistics
-import warnings
 from typing import Sequence
 
 # one curve: (epoch, accuracy) points of one run; a series: the runs of one role, one per seed
 Curve = Sequence[tuple[int, float]]
-MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def _pyplot():
@@ -96,8 +94,10 @@ def forest_plot(rows: Sequence[tuple[str, object]], *, title: str) -> bytes | No
     return to_png(fig)
 
 
-def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
-    """Accuracy against student parameter count; ``points`` are (params, accuracy, on_front, label)."""
+def pareto_plot(points: Sequence[tuple[float, float, bool, str]], *, xlabel: str = "student parameters",
+                title: str = "accuracy vs student size") -> bytes | None:
+    """Accuracy against the student's cost (its parameter count, or its latency); ``points`` are
+    (cost, accuracy, on_front, label)."""
     if len({p for p, _, _, _ in points}) < 2:
         return None
     plt = _pyplot()
@@ -112,48 +112,31 @@ def pareto_plot(points: Sequence[tuple[int, float, bool, str]]) -> bytes | None:
         labels.setdefault((p, a), []).append(label)
     for (p, a), names in labels.items():
         ax.annotate(", ".join(names), (p, 100 * a), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel="student parameters", ylabel="final validation accuracy % (what selected it)",
-           title="accuracy vs student size")
+    ax.set(xlabel=xlabel, ylabel="final validation accuracy % (what selected it)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return to_png(fig)
 
 
-def optuna_plots(study) -> tuple[dict[str, bytes], list[str]]:
-    """Optuna's optimisation history, parameter importances and parallel coordinates (and its
-    Pareto front for two objectives) as PNGs, plus one note per plot it could not draw."""
-    import optuna
+def optuna_figure(function: str, study, **kwargs) -> bytes | None:
+    """``optuna.visualization.matplotlib.<function>`` of ``study`` as a PNG; None when it drew no data."""
     from optuna.visualization import matplotlib as ovm
 
     _pyplot()
-    multi = len(study.directions) > 1
-    target = (lambda t: t.values[0]) if multi else None  # accuracy, the first objective
-    kw = {"target": target, "target_name": "test accuracy"} if multi else {}
-    makers = {
-        "optuna_history": lambda: ovm.plot_optimization_history(study, **kw),
-        "optuna_importances": lambda: ovm.plot_param_importances(study, **kw),
-        "optuna_parallel": lambda: ovm.plot_parallel_coordinate(study, **kw),
-    }
-    if multi:
-        makers["optuna_pareto"] = lambda: ovm.plot_pareto_front(study, target_names=["test accuracy", "parameters"])
-    figures, notes = {}, []
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-    if done < MIN_TRIALS_FOR_IMPORTANCE:
-        # with a handful of trials an importance split is noise that looks like a finding
-        del makers["optuna_importances"]
-        notes.append(f"optuna_importances: skipped, needs at least {MIN_TRIALS_FOR_IMPORTANCE} finished trials "
-                     f"(has {done})")
-    for name, make in makers.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ExperimentalWarning, and "too few trials" said in the note
-                ax = make()
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            if not fig.axes or not any(a.has_data() for a in fig.axes):
-                notes.append(f"{name}: nothing to draw (too few finished trials or searched parameters)")
-                _pyplot().close(fig)
-                continue
-            figures[name] = to_png(fig)
-        except (ValueError, RuntimeError, optuna.exceptions.OptunaError) as exc:
-            notes.append(f"{name}: skipped ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
-    return figures, notes
+    ax = getattr(ovm, function)(study, **kwargs)
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    if not fig.axes or not any(a.has_data() for a in fig.axes):
+        _pyplot().close(fig)
+        return None
+    return to_png(fig)
+
+
+def optuna_plots(study) -> tuple[dict[str, bytes], list[str]]:
+    """Optuna's optimisation history, parameter importances and parallel coordinates (and its
+    Pareto front for two objectives) as PNGs, plus one note per plot it could not draw (the
+    figures are declared in ``figures.optuna_calls``)."""
+    import sys
+
+    from kdsweep.tracking.figures import draw_optuna
+
+    return draw_optuna(sys.modules[__name__], study)

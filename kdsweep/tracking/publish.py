@@ -11,122 +11,28 @@ from pathlib import Path
 
 from kdsweep.errors import TrackingError
 from kdsweep.tracking import render
+from kdsweep.tracking.figures import compare_figures as draw_compared, report_figures as draw_report
 from kdsweep.tracking.report import Report, client_for, load_optuna_study, load_report
-
-PLOTS_MISSING = "plots need matplotlib: pip install 'kdsweep[plots]'"
-CHARTS_MISSING = "interactive plots need plotly: pip install 'kdsweep[plots]'"
-
-
-def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _have_plotly() -> bool:
-    try:
-        import plotly  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def varied_params(report: Report) -> list[tuple[str, list, list[str]]]:
-    """Per method: its trials, and the params (its own and the recipe's) those trials varied."""
-    out = []
-    for method in report.methods:
-        trials = [t for t in report.trials if t.method == method]
-        varied = sorted(k for k in {k for t in trials for k in t.params}
-                        if (k.startswith(f"{method}.") or "." not in k) and len({t.params.get(k) for t in trials}) > 1)
-        out.append((method, trials, varied))
-    return out
-
-
-def figure_calls(report: Report) -> dict[str, tuple[str, tuple, dict]]:
-    """The report's figures, declared once: name -> (drawing function, args, kwargs). ``plots``
-    (PNG) and ``charts`` (plotly) both have functions of these names taking the same numbers."""
-    teacher, baseline, distilled = report.rows[:3]
-    calls = {
-        "accuracy_per_epoch": ("epoch_curves", (
-            {"teacher": teacher.curves, "baseline student": baseline.curves, distilled.label: distilled.curves},),
-            {"title": f"{report.study}: test accuracy per epoch"}),
-        "gains_forest": ("forest_plot", ([(r.label, r.gain) for r in report.rows if r.gain is not None and r.gain.n > 1],),
-                         {"title": f"{report.study}: gain over the matched baseline, 95% CI"}),
-        "pareto_front": ("pareto_plot", ([(t.num_params, t.selected_by, t.on_front, f"trial {t.trial}")
-                                          for t in report.trials],), {}),
-    }
-    if report.trials:
-        best = report.trials[0]
-        calls["loss_terms_best_trial"] = ("epoch_curves", (report.best_terms,), {
-            "title": f"{report.study}: loss terms of trial {best.trial} ({best.method}), per epoch",
-            "ylabel": "loss term", "scale": 1.0})
-    for method, trials, varied in varied_params(report):  # accuracy against each param a method's trials varied
-        calls[f"accuracy_vs_params_{method}"] = ("param_scatter", (
-            [(t.trial, t.params, t.test_acc) for t in trials], varied), {})
-    return calls
-
-
-def _draw(report: Report, backend, optuna_study, optuna_figures) -> tuple[dict, list[str]]:
-    """Every figure ``backend`` can draw; a figure it has no function for is left to the other."""
-    figures = {}
-    for name, (function, args, kwargs) in figure_calls(report).items():
-        draw = getattr(backend, function, None)
-        figure = draw(*args, **kwargs) if draw is not None else None
-        if figure is not None:
-            figures[name] = figure
-    notes = []
-    if optuna_study is not None:
-        more, notes = optuna_figures(optuna_study)
-        figures.update(more)
-    return figures, notes
 
 
 def report_figures(report: Report, optuna_study=None) -> tuple[dict[str, bytes], list[str]]:
-    """Every figure of one study, as ``{name: png}``, and notes on those that could not be drawn."""
-    if not _have_matplotlib():
-        return {}, [PLOTS_MISSING]
-    from kdsweep.tracking import plots
-
-    return _draw(report, plots, optuna_study, plots.optuna_plots)
+    """Every figure of one study (the table in ``figures``, Optuna's too), as ``{name: png}``, and
+    notes on those that could not be drawn."""
+    return draw_report(report, "png", optuna_study)
 
 
 def report_charts(report: Report, optuna_study=None) -> tuple[dict[str, object], list[str]]:
-    """The interactive twins of ``report_figures`` (plotly), same names; the html shows these, and
-    the PNG of a figure with no twin."""
-    if not _have_plotly():
-        return {}, [CHARTS_MISSING]
-    from kdsweep.tracking import charts
-
-    return _draw(report, charts, optuna_study, charts.optuna_charts)
-
-
-def _compare(reports: list[Report], backend) -> dict:
-    """Per role, each study's per-epoch test accuracy on one figure (the compared experiments)."""
-    out = {}
-    for i, role in enumerate(("teacher", "baseline", "distilled")):
-        figure = backend.epoch_curves({r.study: r.rows[i].curves for r in reports},
-                                      title=f"{role}: test accuracy per epoch")
-        if figure is not None:
-            out[f"compare_{role}"] = figure
-    return out
+    """The same figures as interactive plotly charts, same names; the html shows these, and the PNG
+    of a figure with no chart."""
+    return draw_report(report, "plotly", optuna_study)
 
 
 def compare_figures(reports: list[Report]) -> tuple[dict[str, bytes], list[str]]:
-    if not _have_matplotlib():
-        return {}, [PLOTS_MISSING]
-    from kdsweep.tracking import plots
-
-    return _compare(reports, plots), []
+    return draw_compared(reports, "png")
 
 
 def compare_charts(reports: list[Report]) -> dict[str, object]:
-    if not _have_plotly():
-        return {}
-    from kdsweep.tracking import charts
-
-    return _compare(reports, charts)
+    return draw_compared(reports, "plotly")[0]
 
 
 def build_html(study: str, tracking_uri: str, storage: str | None, *, client=None):

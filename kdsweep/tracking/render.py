@@ -63,9 +63,10 @@ def table(report: Report) -> list[list[str]]:
              epochs_text(r), r.search or "-", r.note] for r in report.rows]
 
 
-def trial_table(trials) -> tuple[list[str], list[list[str]]]:
+def trial_table(trials, *, speed: bool = False) -> tuple[list[str], list[list[str]]]:
     """One row per trial. A column per value that differs between these trials (a value they all
-    share says nothing); when they mix methods, each trial's own method params share one column."""
+    share says nothing); when they mix methods, each trial's own method params share one column.
+    When they mix archs (or ``speed``), the arch and its latency get columns too."""
     keys = sorted(k for k in {k for t in trials for k in t.params}
                   if len({t.params.get(k) for t in trials}) > 1 or len(trials) == 1)
     methods = {t.method for t in trials}
@@ -75,12 +76,33 @@ def trial_table(trials) -> tuple[list[str], list[list[str]]]:
         prefix = f"{t.method}."
         return ", ".join(f"{k[len(prefix):]}={t.params[k]:.4g}" for k in sorted(t.params) if k.startswith(prefix)) or "-"
 
-    header = ["trial", "method", *columns, *(["method params"] if len(methods) > 1 else []),
-              "#params", "val acc %", "test acc %", "vs baseline %", "seeds"]
-    rows = [[t.trial, t.method, *[f"{t.params[k]:.4g}" if k in t.params else "-" for k in columns],
-             *([own(t)] if len(methods) > 1 else []), f"{t.num_params:,}",
+    archs = speed or len({t.arch for t in trials}) > 1
+    header = ["trial", "method", *(["arch"] if archs else []), *columns, *(["method params"] if len(methods) > 1 else []),
+              "#params", *(["latency ms"] if archs else []), "val acc %", "test acc %", "vs baseline %", "seeds"]
+    rows = [[t.trial, t.method, *([t.arch] if archs else []), *[f"{t.params[k]:.4g}" if k in t.params else "-"
+                                                                  for k in columns],
+             *([own(t)] if len(methods) > 1 else []), f"{t.num_params:,}", *([latency_text(t)] if archs else []),
              ms(t.val_acc), ms(t.test_acc), signed(t.delta), str(len(t.test_acc))] for t in trials]
     return header, rows
+
+
+def latency_text(t) -> str:
+    return "-" if t.latency_ms is None else f"{t.latency_ms:.3g}"
+
+
+ARCH_HEADER = ["Arch", "Best trial (by val)", "Method", "#params", "Latency ms (batch 1)", "Images/s (batch 64)",
+               "Val acc %", "Test acc %", "vs its baseline %", "Seeds"]
+
+
+def arch_table(report: Report) -> list[list[str]]:
+    """The best trial of each arch the search drew; each compared with its own arch's baselines."""
+    rows = []
+    for arch in report.archs:
+        t = report.best_of_arch(arch)
+        ips = "-" if t.throughput_ips is None else f"{t.throughput_ips:,.0f}"
+        rows.append([arch, t.trial, t.method, f"{t.num_params:,}", latency_text(t), ips, ms(t.val_acc),
+                     ms(t.test_acc), signed(t.delta), str(len(t.test_acc))])
+    return rows
 
 
 METHOD_HEADER = ["Method", "Best trial (by val)", "Val acc %", "Test acc %", "vs baseline %", "Seeds", "Its params"]
@@ -103,12 +125,16 @@ def sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     out = [("Best per method (search, selected on validation)", METHOD_HEADER, method_table(report))]
     if report.published:
         out.insert(0, (published.title(report), published.HEADER, published.table(report)))
+    if len(report.archs) > 1:
+        out.append(("Best per architecture (search, selected on validation)", ARCH_HEADER, arch_table(report)))
     if report.ema and report.ema[0][1]:  # the EMA comparison only where some distilled run kept EMA weights
         out.append(("EMA vs no EMA (distilled runs)", ["Group", "Runs", "Test acc %"],
                     [[g, len(xs), ms(xs)] for g, xs in report.ema]))
     out.append(("Top search trials (selected on validation)", *trial_table(report.top)))
     if report.pareto:
-        out.append(("Pareto front: accuracy vs student parameters", *trial_table(report.pareto)))
+        cost = "latency (ms per image, batch 1)" if report.pareto_by == "latency_ms" else "student parameters"
+        out.append((f"Pareto front: accuracy vs {cost}",
+                    *trial_table(report.pareto, speed=report.pareto_by == "latency_ms")))
     return out
 
 
@@ -139,6 +165,10 @@ def render_csv(report: Report, figures: dict[str, bytes] | None = None) -> str:
         w.writerow([published.title(report)])
         w.writerow(published.HEADER)
         w.writerows(published.table(report))
+    if len(report.archs) > 1:
+        w.writerow([])
+        w.writerow(ARCH_HEADER)
+        w.writerows(arch_table(report))
     return out.getvalue()
 
 

@@ -52,6 +52,15 @@ class TrialPoint:
     on_front: bool = False  # on the Pareto front of accuracy vs parameter count
     method: str = "kd"  # the KD method the trial drew
     val_acc: list[float] = field(default_factory=list)  # final validation accuracy per seed: what selected it
+    arch: str = ""  # the student's architecture (search.arch draws it)
+    latency_ms: float | None = None  # the student's milliseconds per image at batch 1 (study/speed.py)
+    throughput_ips: float | None = None  # its images per second at batch 64
+
+    def cost(self, by: str = "params") -> float:
+        """What the Pareto front minimises: the parameter count, or the latency (``by="latency_ms"``)."""
+        if by == "latency_ms":
+            return self.latency_ms if self.latency_ms is not None else math.inf
+        return float(self.num_params)
 
     @property
     def selected_by(self) -> float:
@@ -78,6 +87,7 @@ class Report:
     search_baseline: Row | None = None
     # the spec's published: block (row name -> percent, and source), from the study run's tag
     published: dict[str, float | str] = field(default_factory=dict)
+    pareto_by: str = "params"  # the front's cost: params, or latency_ms (objective: [val_acc, latency_ms])
 
     @property
     def top(self) -> list[TrialPoint]:
@@ -93,10 +103,18 @@ class Report:
 
     @property
     def pareto(self) -> list[TrialPoint]:
-        """Trials on the front, smallest first; empty when every trial has the same size."""
-        if len({t.num_params for t in self.trials}) < 2:
+        """Trials on the front, cheapest first; empty when every trial has the same cost."""
+        if len({t.cost(self.pareto_by) for t in self.trials}) < 2:
             return []
-        return sorted((t for t in self.trials if t.on_front), key=lambda t: t.num_params)
+        return sorted((t for t in self.trials if t.on_front), key=lambda t: t.cost(self.pareto_by))
+
+    @property
+    def archs(self) -> list[str]:
+        """The student archs the trials drew, best (by validation) first."""
+        return list(dict.fromkeys(t.arch for t in self.trials))
+
+    def best_of_arch(self, arch: str) -> TrialPoint:
+        return next(t for t in self.trials if t.arch == arch)
 
     @property
     def headline(self) -> str:
@@ -126,13 +144,14 @@ def spread_note(deltas: list[float]) -> str:
     return ""
 
 
-def mark_pareto(trials: list[TrialPoint]) -> None:
-    """On the front: no other trial is at least as accurate (validation) and as small, and better in one."""
+def mark_pareto(trials: list[TrialPoint], by: str = "params") -> None:
+    """On the front: no other trial is at least as accurate (validation) and as cheap (``by``: its
+    parameter count, or its latency), and better in one."""
     for t in trials:
-        acc = t.selected_by
+        acc, cost = t.selected_by, t.cost(by)
         t.on_front = not any(
-            (o.selected_by >= acc and o.num_params <= t.num_params)
-            and (o.selected_by > acc or o.num_params < t.num_params) for o in trials)
+            (o.selected_by >= acc and o.cost(by) <= cost)
+            and (o.selected_by > acc or o.cost(by) < cost) for o in trials)
 
 
 def client_for(tracking_uri: str):
@@ -201,6 +220,7 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
     published = json.loads(parent[0].data.tags.get("published", "{}")) if parent else {}
     epoch = settings.get("report_epoch", "final")
     selection = settings.get("selection", "val")
+    pareto_by = "latency_ms" if settings.get("pareto_metric") == "latency_ms" else "params"
 
     def acc(r) -> float:
         return _summary(r).reported_test_acc(epoch)
@@ -209,7 +229,7 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
     trials = [_trial_point(name, rs, store, acc) for name, rs in by_trial.items()]
     # validation: the search's own ranking; a tie goes to the earlier trial, as in the confirmation's choice
     trials.sort(key=lambda t: (-t.selected_by, int(t.trial) if t.trial.isdigit() else math.inf))
-    mark_pareto(trials)
+    mark_pareto(trials, pareto_by)
     best = trials[0]
     best_runs = by_trial[best.trial]
 
@@ -278,7 +298,7 @@ def load_report(study: str, tracking_uri: str, *, top: int = 5, client=None) -> 
     return Report(study=study, rows=rows, ema=ema, trials=trials, epoch_note=epoch_note,
                   best_run_id=best_run.info.run_id, top_n=top, best_terms=loss_term_curves(client, best_runs),
                   selection=selection, confirmed=bool(confirmed), report_epoch=epoch, search_baseline=search_baseline,
-                  published=published)
+                  published=published, pareto_by=pareto_by)
 
 
 def _search_value(rs: list, trials: list[TrialPoint], name: str) -> float:
@@ -291,6 +311,7 @@ def _search_value(rs: list, trials: list[TrialPoint], name: str) -> float:
 
 def _trial_point(name: str, rs: list, store: _Runs, acc) -> TrialPoint:
     p = rs[0].data.params
+    metrics = rs[0].data.metrics
     values = {k: float(p[k]) for k in SEARCHED if k in p}
     sums = [_summary(r) for r in rs]
     test = [acc(r) for r in rs]
@@ -299,7 +320,9 @@ def _trial_point(name: str, rs: list, store: _Runs, acc) -> TrialPoint:
     return TrialPoint(trial=name, params=values, test_acc=test, delta=[t - b for t, b in zip(test, base)],
                       num_params=int(rs[0].data.metrics.get("num_params", 0)), run_ids=[r.info.run_id for r in rs],
                       method=p.get("method", "kd"),
-                      val_acc=[s.final_val_acc for s in sums if s.final_val_acc is not None])
+                      val_acc=[s.final_val_acc for s in sums if s.final_val_acc is not None],
+                      arch=p.get("arch", ""), latency_ms=metrics.get("latency_ms"),
+                      throughput_ips=metrics.get("throughput_ips"))
 
 
 def load_optuna_study(study: str, storage: str | None):

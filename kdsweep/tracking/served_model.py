@@ -9,6 +9,8 @@ and returns float32 logits [N, classes].
 
 from __future__ import annotations
 
+import json
+
 import mlflow.pyfunc
 import numpy as np
 from mlflow.models import set_model
@@ -24,7 +26,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         cfg = context.model_config
         payload = load_checkpoint(context.artifacts["weights"])
         state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
-        self.model = build_model(cfg["arch"], num_classes=int(cfg["num_classes"]), width=float(cfg["width"]))
+        self.model = build_model(cfg["arch"], num_classes=int(cfg["num_classes"]), width=float(cfg["width"]),
+                                 arch_args=json.loads(cfg.get("arch_args") or "{}"))
         self.model.load_state_dict(state)
         self.model.eval()
         # (x / 255 - mean) / std, as the training loader computes it
@@ -32,6 +35,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.scale = 1.0 / (255.0 * std)
         self.shift = -torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1) / std
         self.batch_size = int(cfg.get("batch_size", 256))
+        self.input_size = int(cfg.get("input_size") or 0)  # data.image_size on CIFAR: resized as in training
 
     # an ndarray hint: MLflow infers no schema from it (the model's signature, uint8 [N, 3, H, W],
     # checks the input) and does not warn that the hint is missing
@@ -42,7 +46,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         out = []
         with torch.no_grad():
             for i in range(0, len(x), self.batch_size):
-                batch = x[i:i + self.batch_size].float() * self.scale + self.shift
+                batch = x[i:i + self.batch_size].float()
+                if self.input_size and batch.shape[-1] != self.input_size:
+                    batch = torch.nn.functional.interpolate(batch, size=(self.input_size, self.input_size),
+                                                            mode="bilinear", antialias=self.input_size < batch.shape[-1])
+                batch = batch * self.scale + self.shift
                 out.append(self.model(batch).float())
         return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 

@@ -17,13 +17,10 @@ from kdsweep.core.models import plain_cnn, resnet, torchvision_resnet  # noqa: F
 from kdsweep.core.models import (  # noqa: F401  (the CIFAR-100 KD benchmark zoo; they register)
     mobilenetv2, resnet_bottleneck, resnet_x4, shufflenet_v1, shufflenet_v2, vgg, wide_resnet,
 )
+# build_model takes any arch string (built-in, torchvision:, timm:, FILE.py:fn, module:fn): see sources.py
+from kdsweep.core.models.sources import ArchError, build_model, identity, parse_arch, scales_with_width
 
-__all__ = ["MODELS", "build_model", "count_params"]
-
-
-def build_model(name: str, *, num_classes: int, width: float = 1.0, in_channels: int = 3) -> nn.Module:
-    """Build a registered model; unknown names raise ValueError listing the choices."""
-    return MODELS.get(name)(num_classes=num_classes, width=width, in_channels=in_channels)
+__all__ = ["MODELS", "ArchError", "build_model", "count_params", "identity", "parse_arch", "scales_with_width"]
 
 
 def count_params(model: nn.Module) -> int:

@@ -21,3 +21,6 @@ def torchvision_resnet18(num_classes: int, width: float = 1.0, in_channels: int 
         model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
+
+
+torchvision_resnet18.scales_width = False  # sources.scales_with_width: study validate refuses a width for it
