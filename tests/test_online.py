@@ -61,19 +61,21 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_both_nets_train_and_report_each_epoch():
-    # enough steps (3 epochs of 256 images) for both nets to learn; the module's 64 images are too few
-    data = synthetic_imageset(n_train=256, n_test=32, num_classes=4, size=16, seed=1)
+    # enough steps (4 epochs of 256 images) for both nets to learn; the module's 64 images are too few.
+    # (Over 21 data and run seeds the student ended at 0.50 to 0.81 test accuracy, its label term
+    # fell 1.6x or more, the teacher ended at 0.75 or more: the bounds below hold on other CPUs too.)
+    data = synthetic_imageset(n_train=256, n_test=64, num_classes=4, size=16, seed=1)
     seen = []
-    out = train_online(*cfgs(epochs=3), data, on_epoch=lambda s, t: seen.append((s.epoch, t.epoch)))
-    assert seen == [(1, 1), (2, 2), (3, 3)]
+    out = train_online(*cfgs(epochs=4), data, on_epoch=lambda s, t: seen.append((s.epoch, t.epoch)))
+    assert seen == [(1, 1), (2, 2), (3, 3), (4, 4)]
     for result in (out.student, out.teacher):
-        assert [m.epoch for m in result.history] == [1, 2, 3]
+        assert [m.epoch for m in result.history] == [1, 2, 3, 4]
     first, last = out.teacher.history[0], out.teacher.final
     assert last.train_loss < first.train_loss and last.test_acc > 0.5  # 4 classes: chance is 0.25
     # the student's total loss is no measure: its KD term grows as the teacher's targets sharpen;
     # its labels' term falls, and it ends above chance
     first, last = out.student.history[0], out.student.final
-    assert last.loss_terms["ce"] < 0.95 * first.loss_terms["ce"] and last.train_acc > first.train_acc
+    assert last.loss_terms["ce"] < 0.8 * first.loss_terms["ce"] and last.train_acc > first.train_acc
     assert last.test_acc > 0.375
     assert out.student.num_params < out.teacher.num_params  # width 0.25 vs 0.5
 

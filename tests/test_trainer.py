@@ -92,6 +92,10 @@ def test_distillation_uses_the_teacher(data):
     kd = [train(cfg(epochs=1, alpha=0.9, temperature=4.0), data, teacher=t) for t in teachers]
     assert not _weights_equal(kd[0].model, kd[1].model), "two teachers trained bit-identical students"
     assert kd[0].final.loss_terms["kd"] != pytest.approx(kd[1].final.loss_terms["kd"])
+    # alpha 0 ignores the teacher: then the same two teachers leave the student bit-identical (what
+    # differs above is the KD term, not some other effect of passing a teacher)
+    ce = [train(cfg(epochs=1, alpha=0.0), data, teacher=t) for t in teachers]
+    assert _weights_equal(ce[0].model, ce[1].model)
 
 
 def test_alpha_without_teacher_is_refused(data):
