@@ -263,3 +263,23 @@ def test_study_runs_a_torchvision_checkpoint_teacher_and_a_user_file_student(wor
         assert p["arch_source"] == identity(f"{nets}:tiny") and "sha256:" in p["arch_source"]
         assert p["arch_args"] == '{"channels":4}'
         assert m["num_params"] == count_params(build_model(f"{nets}:tiny", num_classes=10, arch_args={"channels": 4}))
+
+
+def test_validate_refuses_a_width_for_a_fixed_width_arch_in_one_line(workdir, subset_root):
+    spec = write_spec(workdir / "spec.yaml", subset_root,
+                      teacher={"arch": "timm:resnet10t", "width": 2.0, "recipe": RECIPE})
+    result = CliRunner().invoke(main, ["study", "validate", str(spec)])
+    assert result.exit_code == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"Error: {spec}: teacher.width=2.0: timm:resnet10t has a fixed width (only built-in models scale); "
+        "leave width out or set 1.0"]
+
+
+def test_a_relative_arch_file_is_read_from_the_specs_folder_not_the_working_one(workdir, subset_root):
+    folder = workdir / "studies" / "mine"
+    folder.mkdir(parents=True)
+    nets = nets_file(folder)
+    spec = load_spec(write_spec(folder / "spec.yaml", subset_root, student={"arch": "mynets.py:tiny"}))
+    assert spec.student.arch == f"{nets.resolve()}:tiny"
+    cfg = TrainConfig(arch=spec.student.arch)
+    assert cfg.arch_source == identity(f"{nets}:tiny")

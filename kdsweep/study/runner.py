@@ -6,6 +6,7 @@ continues the study: finished trials are kept and only the missing ones are run.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,10 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
         teacher = get_teacher(spec, data, recorder, workdir, device)
         recorder.end_study({"teacher_test_acc": teacher.summary.final_test_acc})
     cfg = space.teacher_config(spec, device)
+    # an arch string may be a file's path (/abs/mynets.py:tiny) or carry a colon: one safe file name
+    arch = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.arch.rsplit("/", 1)[-1])
     path = save_checkpoint(weights_payload(cfg, data.num_classes, teacher.model),
-                           out or workdir / "teachers" / f"{spec.name}-{cfg.arch}-x{cfg.width}.pt")
+                           out or workdir / "teachers" / f"{spec.name}-{arch}-x{cfg.width}.pt")
     return teacher, path
 
 

@@ -17,6 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 
 from kdsweep.core.methods import LOSSES
 from kdsweep.core.searchable import ARCH, METHOD, RECIPE, Searchable, method_searchables
+from kdsweep.study.model_fields import plain_args, readable_file, width_fits
 
 from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, url_scheme
 
@@ -231,42 +232,6 @@ def _known_model(v: str) -> str:
     return v
 
 
-def _plain_args(v: dict[str, Any]) -> dict[str, Any]:
-    """``arch_args``: keyword arguments of the builder, plain YAML values (they are logged and hashed as JSON)."""
-    import json
-
-    bad = [k for k in v if not (isinstance(k, str) and k.isidentifier())]
-    if bad:
-        raise ValueError(f"key {bad[0]!r} is not a keyword argument name")
-    if "num_classes" in v:
-        raise ValueError("num_classes comes from the data; leave it out of arch_args")
-    try:
-        json.dumps(v, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"values must be plain numbers, strings, booleans, lists or mappings ({exc})") from None
-    return v
-
-
-def _width_fits(v: float, info) -> float:
-    # a width for a model that cannot scale would be ignored or refused at every trial: refuse it once here
-    from kdsweep.core.models.sources import scales_with_width
-
-    arch = info.data.get("arch")
-    if v != 1.0 and arch is not None and not scales_with_width(arch):
-        raise ValueError(f"{arch} has a fixed width (only built-in models scale); leave width out or set 1.0")
-    return v
-
-
-def _readable_file(v: Path | None, what: str) -> Path | None:
-    try:
-        found = v is None or v.is_file()
-    except OSError as exc:  # a name too long, a folder we may not read
-        raise ValueError(f"{what} file cannot be read: {exc.strerror or exc}") from None
-    if not found:
-        raise ValueError(f"{what} file does not exist")
-    return v
-
-
 class TeacherSpec(Strict):
     arch: str
     arch_args: dict[str, Any] = {}  # keyword arguments of the arch's builder (e.g. timm's drop_path_rate)
@@ -283,8 +248,8 @@ class TeacherSpec(Strict):
     mode: Literal["pretrained", "online"] = "pretrained"
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
-    _args = field_validator("arch_args")(classmethod(lambda cls, v: _plain_args(v)))
-    _width = field_validator("width")(classmethod(lambda cls, v, info: _width_fits(v, info)))
+    _args = field_validator("arch_args")(classmethod(lambda cls, v: plain_args(v)))
+    _width = field_validator("width")(classmethod(lambda cls, v, info: width_fits(v, info)))
 
     @field_validator("mode")
     @classmethod
@@ -298,14 +263,14 @@ class TeacherSpec(Strict):
     @field_validator("checkpoint")
     @classmethod
     def _exists(cls, v: Path | None) -> Path | None:
-        return _readable_file(v, "checkpoint")
+        return readable_file(v, "checkpoint")
 
     @field_validator("init")
     @classmethod
     def _init_exists(cls, v: Path | None, info) -> Path | None:
         if v is not None and info.data.get("checkpoint") is not None:
             raise ValueError("checkpoint uses weights as they are, init fine-tunes them: give one of the two")
-        return _readable_file(v, "init")
+        return readable_file(v, "init")
 
 
 class _StudentBase(Strict):
@@ -316,8 +281,8 @@ class _StudentBase(Strict):
     recipe: Recipe = Recipe()
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
-    _args = field_validator("arch_args")(classmethod(lambda cls, v: _plain_args(v)))
-    _width = field_validator("width")(classmethod(lambda cls, v, info: _width_fits(v, info)))
+    _args = field_validator("arch_args")(classmethod(lambda cls, v: plain_args(v)))
+    _width = field_validator("width")(classmethod(lambda cls, v, info: width_fits(v, info)))
 
     @model_validator(mode="before")
     @classmethod

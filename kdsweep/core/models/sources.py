@@ -19,6 +19,7 @@ Nothing here downloads: torchvision and timm are always asked for untrained weig
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -140,6 +141,7 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)  # packages_distributions() reads every installed package's metadata
 def _dist_version(module: str) -> str:
     """The installed distribution's version of a module's top package, or ``?`` (a plain folder on sys.path)."""
     top = module.split(".")[0]
