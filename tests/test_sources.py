@@ -241,14 +241,17 @@ def test_study_runs_a_torchvision_checkpoint_teacher_and_a_user_file_student(wor
     # a DataParallel-style file: wrapped in 'model', every name prefixed 'module.'
     torch.save({"model": {f"module.{k}": v for k, v in teacher.state_dict().items()}}, workdir / "teacher.pth")
     nets = nets_file(workdir)
-    spec = write_spec(workdir / "spec.yaml", subset_root, n_trials=1, search={},
+    # absolute store URLs: MLflow caches its store per URL string (a relative one reaches an earlier test's)
+    tracking = f"sqlite:///{workdir}/mlruns/mlflow.db"
+    spec = write_spec(workdir / "spec.yaml", subset_root, name="asis-study", n_trials=1, search={},
+                      tracking_uri=tracking, storage=f"sqlite:///{workdir}/mlruns/optuna.db",
                       data={"dataset": "cifar10", "root": str(subset_root), "limit_per_file": 20},
                       teacher={"arch": "torchvision:mobilenet_v3_small", "checkpoint": "teacher.pth"},
                       student={"arch": "mynets.py:tiny", "arch_args": {"channels": 4}, "recipe": RECIPE})
     result = CliRunner().invoke(main, ["study", "run", str(spec)])
     assert result.exit_code == 0, result.output
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("asis-study").experiment_id])
     by_role = {r.data.tags["role"]: r for r in runs}
     t = by_role["teacher"].data
     assert t.params["arch"] == "torchvision:mobilenet_v3_small"

@@ -99,14 +99,20 @@ def test_study_fine_tunes_a_1000_class_init_file_on_10_classes(tmp_path, monkeyp
     save_file(build_model("torchvision:mobilenet_v3_small", num_classes=1000).state_dict(),
               str(tmp_path / "imagenet.safetensors"))
     recipe = {"epochs": 1, "batch_size": 32}
-    spec = write_spec(tmp_path / "spec.yaml", subset_root, n_trials=1, search={},
+    # absolute store URLs: MLflow caches its store per URL string, and a relative one would reach the
+    # database of an earlier test in this process
+    tracking = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    spec = write_spec(tmp_path / "spec.yaml", subset_root, name="init-study", n_trials=1, search={},
+                      tracking_uri=tracking, storage=f"sqlite:///{tmp_path}/mlruns/optuna.db",
                       data={"dataset": "cifar10", "root": str(subset_root), "limit_per_file": 20},
                       teacher={"arch": "torchvision:mobilenet_v3_small", "init": "imagenet.safetensors", "recipe": recipe},
                       student={"arch": "resnet8", "width": 0.25, "recipe": recipe})
     result = CliRunner().invoke(main, ["study", "run", str(spec)])
     assert result.exit_code == 0, result.output
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
-    (teacher,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.role = 'teacher'")
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("init-study").experiment_id], "tags.role = 'teacher'")
+    assert len(runs) == 1, [(r.info.status, r.data.tags, r.data.params.get("arch")) for r in runs]
+    (teacher,) = runs
     p = teacher.data.params
     assert p["init_replaced"] == "classifier.3.weight,classifier.3.bias"
     assert p["init_sha256"] == file_digest(tmp_path / "imagenet.safetensors")  # part of the reuse key
