@@ -56,7 +56,9 @@ def study(tmp_path_factory, subset_root):
     before = os.getcwd()
     os.chdir(work)  # the study's stores and checkpoints go under ./mlruns, as with the CLI
     try:
-        outcome = kdsweep.run_study(arch_spec(subset_root))
+        # absolute store URLs: MLflow caches a store per URL string, and a relative one could reach the
+        # database of an earlier test in the same process
+        outcome = kdsweep.run_study(arch_spec(subset_root), **stores(work), artifacts=str(work / "artifacts"))
     finally:
         os.chdir(before)
     return work, outcome
@@ -175,7 +177,7 @@ def test_run_study_again_resumes_and_trains_nothing_new(study, subset_root, monk
     work, first = study
     monkeypatch.chdir(work)
     before = len(runs(work, "distilled"))
-    again = kdsweep.run_study(arch_spec(subset_root), publish=False)
+    again = kdsweep.run_study(arch_spec(subset_root), publish=False, **stores(work), artifacts=str(work / "artifacts"))
     assert (again.complete, again.best_trial) == (first.complete, first.best_trial)
     assert len(runs(work, "distilled")) == before
 
@@ -196,3 +198,15 @@ def test_import_kdsweep_loads_neither_torch_nor_mlflow():
             "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_overrides_of_a_spec_file_are_flags_and_top_level_fields(tmp_path, subset_root):
+    from kdsweep.api import load
+    from conftest import write_spec
+
+    path = write_spec(tmp_path / "spec.yaml", subset_root)
+    spec, source = load(path, {"n_trials": 5, "seeds": [3, 4], "set": "student.recipe.epochs=1"})
+    assert (spec.n_trials, spec.seeds, spec.student.recipe.epochs, source) == (5, [3, 4], 1, str(path))
+    # a field given twice: the named flag wins over a --set item, as on the command line
+    spec, _ = load(path, {"n_trials": 5, "set": ["n_trials=7"]})
+    assert spec.n_trials == 5

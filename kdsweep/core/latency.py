@@ -1,8 +1,8 @@
 """How fast a student answers: milliseconds per image at batch 1, images per second at batch 64.
 
-Measured the way a served model runs: eval mode, no autograd, in the precision it was trained
-in (bf16 autocast where its training steps used it, else fp32), channels_last as the trainer
-runs them (``core.layout``). Each figure is the median of ``repeats`` timed runs after ``warmup`` untimed
+Measured the way a served model runs: eval mode, no autograd, in the precision it is served in
+(fp32 for kdsweep's logged models, ``tracking/served_model.py``; ``bf16=True`` times bf16
+autocast), in the layout the trainer runs it in (``core.layout``). Each figure is the median of ``repeats`` timed runs after ``warmup`` untimed
 ones (the first calls pay for allocation and kernel selection); on CUDA the clock stops only
 after a synchronise. A busy machine makes every number slower, so compare numbers taken
 together; the device's name is kept beside them.

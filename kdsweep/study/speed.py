@@ -17,7 +17,6 @@ import torch
 from kdsweep.core.data import ImageSet
 from kdsweep.core.latency import Latency, measure
 from kdsweep.core.models import build_model
-from kdsweep.core.precision import uses_bf16
 from kdsweep.core.summary import RunSummary
 from kdsweep.study import space
 from kdsweep.study.preflight import input_size
@@ -40,7 +39,7 @@ class LatencyBook:
                                     arch_args=space.arch_args_of(self.spec, arch))
                 self._known[key] = measure(
                     model, image_size=input_size(self.data), in_channels=int(self.data.test_x.shape[1]),
-                    device=self.device, bf16=uses_bf16(self.spec.student.recipe.precision, self.device),
+                    device=self.device, bf16=False,  # as served: the logged model (tracking/served_model.py) runs fp32
                     repeats=self.spec.latency_repeats, warmup=min(3, self.spec.latency_repeats))
                 del model
             return self._known[key]
