@@ -233,6 +233,10 @@ class Run:
             teacher.to(device, channels_last=cfg.channels_last, bf16=teacher_bf16(cfg.precision, device))
         self.model = model
 
+        if loaders is None and data.loader == "stream":  # data larger than memory (kdsweep.core.stream)
+            from kdsweep.core.stream import stream_loaders
+
+            loaders = stream_loaders(cfg, data, device, channels_last=self.channels_last)
         if loaders is None:
             common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last)
             train_loader = DeviceLoader(
@@ -276,6 +280,7 @@ class Run:
                 if self.co is not None:
                     self.co._restore(saved["co"])
 
+        allow_graph = allow_graph and isinstance(train_loader, DeviceLoader)  # a graph replays resident draws
         self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
                                  teacher, accel=req.accel, allow_graph=allow_graph)
         self.stopped_early = bool(cfg.patience and self.bad_epochs >= cfg.patience)
