@@ -1,9 +1,9 @@
 """The stream loader: decode and augment in DataLoader workers, hand the trainer the same Batch.
 
-For data larger than memory (``data.loader: stream``). Workers decode with
-``torchvision.io.decode_image`` and augment with ``torchvision.transforms.v2.functional`` ops
-on uint8 tensors; batches cross the process boundary as uint8 (a quarter of float32's bytes),
-pinned when the device is CUDA, and are normalised on the device, as the resident loader does.
+For data larger than memory (``data.loader: stream``). Workers decode (PIL, libjpeg-turbo) and
+augment with ``torchvision.transforms.v2.functional`` ops on uint8 tensors; batches cross the
+process boundary as uint8 (a quarter of float32's bytes), pinned when the device is CUDA, and are
+normalised on the device, as the resident loader does.
 
 Determinism: the visiting order of epoch ``e`` is ``randperm`` seeded by ``(seed, e)`` (the
 resident loader's draw), and each image's augmentation comes from a generator seeded by
@@ -25,10 +25,12 @@ warning; more than ``max_bad_images`` stops the run with a DataError naming the 
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -71,10 +73,16 @@ def random_resized_crop_params(height: int, width: int, g: torch.Generator, scal
 
 
 def decode(data: bytes) -> torch.Tensor:
-    """uint8 [3,H,W] RGB from encoded bytes (JPEG, PNG, WebP, GIF: torchvision.io)."""
-    from torchvision.io import ImageReadMode, decode_image
+    """uint8 [3,H,W] RGB from encoded bytes (JPEG, PNG, WebP, GIF, BMP), decoded by PIL.
 
-    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    PIL rather than ``torchvision.io.decode_image``: torchvision 0.29 deprecates its decoders (in
+    favour of TorchCodec, not a dependency here); both use libjpeg-turbo for JPEG.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def fit(img: torch.Tensor, size: int, resize_to: int | None = None) -> torch.Tensor:
@@ -100,7 +108,7 @@ class StreamImages(Dataset):
         i, epoch = key
         try:
             img = decode(self.items.read(i))
-        except (RuntimeError, OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError, SyntaxError) as exc:  # PIL's errors for broken files
             return None, self.items.describe(i), str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         size, label = self.options.image_size, int(self.items.labels[i])
         imagenet = self.options.augment == "imagenet"
