@@ -154,18 +154,21 @@ def make_lazyset(name: str, train: ImageList, test: ImageList, classes: tuple[st
 
 def sample_stats(items: ImageList, size: int, count: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (0..1 scale) of up to ``count`` evenly spaced training images."""
-    from kdsweep.core.datasets import _channel_stats
-
     picks = np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int)
-    images = []
-    for i in dict.fromkeys(picks.tolist()):
+    total, squares, pixels = np.zeros(3), np.zeros(3), 0
+    for i in dict.fromkeys(picks.tolist()):  # one image at a time: the point is not to hold the set
         try:
-            images.append(decode_fit(items.read(i), size))
+            img = decode_fit(items.read(i), size).reshape(-1, 3).astype(np.float64) / 255
         except (OSError, DataError):
             continue  # a corrupt image: the loader counts it; the statistics do without it
-    if not images:
+        total += img.sum(0)
+        squares += np.square(img).sum(0)
+        pixels += len(img)
+    if not pixels:
         raise DataError(f"{items.describe(0)}: none of the sampled training images could be decoded")
-    return _channel_stats(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - np.square(mean), 1e-12))
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def decode_fit(data: bytes, size: int) -> np.ndarray:
