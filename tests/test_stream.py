@@ -145,3 +145,20 @@ def test_training_on_the_stream_loader_learns_and_reports_each_epoch(folder):
     assert [m.epoch for m in result.history] == [1, 2]
     assert all(math.isfinite(m.train_loss) for m in result.history)
     assert result.history[-1].train_loss < result.history[0].train_loss * 1.5  # trains, does not blow up
+
+
+def test_evaluate_split_on_streamed_data_counts_each_split(folder):
+    # a model that always says class 0 is right on exactly the class-0 images of each split
+    from torch import nn
+
+    from kdsweep.core.split import hold_out
+    from kdsweep.core.trainer import evaluate_split
+
+    class Zero(nn.Module):
+        def forward(self, x):
+            return torch.tensor([1.0, 0.0, 0.0]).expand(len(x), 3)
+
+    data = hold_out(lazy(folder), 6)
+    train_acc, test_acc, val_acc = evaluate_split(Zero(), data)
+    expected = [float((y == 0).float().mean()) for y in (data.train_y, data.test_y, data.val_y)]
+    assert [train_acc, test_acc, val_acc] == pytest.approx(expected)
