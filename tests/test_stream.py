@@ -109,7 +109,7 @@ def test_cifar_view_id_is_the_resident_loaders_crop_and_flip(folder):
         assert torch.equal(loader(data).normalise(augment(fitted, dx, dy, flip, PAD))[0], b.x[k])
 
 
-def _corrupt(folder: Path, tmp: Path, count: int) -> Path:
+def _copy(folder: Path, tmp: Path) -> Path:
     import shutil
 
     copy = tmp / "photos"
@@ -118,7 +118,7 @@ def _corrupt(folder: Path, tmp: Path, count: int) -> Path:
 
 
 def test_a_corrupt_image_met_mid_epoch_is_skipped_and_counted_with_a_warning(folder, tmp_path):
-    copy = _corrupt(folder, tmp_path, 1)
+    copy = _copy(folder, tmp_path)
     data = lazy(copy, max_bad_images=1)  # listed while intact; corrupted before the epoch
     victim = copy / data.train.keys[5]
     victim.write_bytes(b"not a jpeg at all" * 10)
@@ -130,7 +130,7 @@ def test_a_corrupt_image_met_mid_epoch_is_skipped_and_counted_with_a_warning(fol
 
 
 def test_more_corrupt_images_than_max_bad_images_stops_the_run(folder, tmp_path):
-    copy = _corrupt(folder, tmp_path, 2)
+    copy = _copy(folder, tmp_path)
     data = lazy(copy, max_bad_images=1)
     for k in (2, 9):
         (copy / data.train.keys[k]).write_bytes(b"\xff\xd8 truncated")
