@@ -42,19 +42,22 @@ def http_auth():
 
 def execute(spec, source: str, *, search: bool = True, problems=(), heartbeat: int | None = None,
             system_metrics: bool | None = None, progress: bool = True,
-            on_recorder: Callable[[Any], None] | None = None):
+            on_recorder: Callable[[Any], None] | None = None, on_data: Callable[[Any], None] | None = None):
     """Preflight, then run (or resume) ``spec`` with MLflow tracking; the ``StudyOutcome``.
 
     The one path of ``kdsweep study run/confirm/worker`` and of :func:`run_study`. ``source`` names
     the spec in problems; ``problems`` are lines the caller found already (reported with the
     preflight's); ``progress`` draws rich progress bars; ``on_recorder`` is handed the MLflow
-    recorder before the study starts (the CLI prints its runs URL).
+    recorder before the study starts (the CLI prints its runs URL); ``on_data`` the preflight's data
+    (the CLI prints which loader it chose, and why).
     """
     from kdsweep.study.preflight import preflight
     from kdsweep.study.runner import run_study as run
     from kdsweep.tracking.logger import MlflowRecorder
 
     data = preflight(spec, source=str(source), http_auth=http_auth(), problems=problems)  # before any store exists
+    if on_data is not None:
+        on_data(data)
     recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts, system_metrics=system_metrics)
     if on_recorder is not None:
         on_recorder(recorder)

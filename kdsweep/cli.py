@@ -177,7 +177,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
 
         recorders = []
         outcome = execute(spec, str(spec_path), search=search, problems=problems, heartbeat=heartbeat,
-                          system_metrics=system_metrics, on_recorder=recorders.append)
+                          system_metrics=system_metrics, on_recorder=recorders.append, on_data=_echo_loader)
         recorder = recorders[0]
     except KdsweepError as exc:
         from kdsweep.errors import DiskFullError, StorageLostError
@@ -210,6 +210,11 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
     _echo_runs_url(recorder)
+
+
+def _echo_loader(data) -> None:
+    if data.loader_note:  # data.loader auto on image files: which loader, and why (kdsweep.core.memory)
+        click.echo(f"loader: {data.loader_note}")
 
 
 def _echo_runs_url(recorder) -> None:
@@ -258,6 +263,7 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     try:
         spec = _load(spec_path, **flags)
         data = _preflight(spec_path, spec, stores=("tracking_uri",))  # the teacher needs no Optuna study
+        _echo_loader(data)
         from kdsweep.study.runner import train_teacher
         from kdsweep.tracking.logger import MlflowRecorder
 

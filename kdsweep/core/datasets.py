@@ -41,10 +41,16 @@ class ImageSet:
     # the size the models see: batches are resized to it on the device (CIFAR with data.image_size),
     # so memory holds the 32px originals; None = the stored size
     input_size: int | None = None
+    loader_note: str = ""  # data.loader auto: why this loader (kdsweep.core.memory), printed by the CLI
+    loader = "resident"  # the stream loader's data is a kdsweep.core.lazyset.LazySet
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.test_x.shape[-1])
 
     @property
     def has_val(self) -> bool:

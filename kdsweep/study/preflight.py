@@ -199,7 +199,9 @@ def model_problems(spec: StudySpec, data: ImageSet) -> list[str]:
 def input_size(data: ImageSet) -> tuple[int, int]:
     """The images' size as the models see them (``data.image_size`` resizes CIFAR batches on the device)."""
     size = getattr(data, "input_size", None)
-    return (size, size) if size else tuple(data.train_x.shape[-2:])
+    if not size:
+        size = data.image_size  # the stored size (a stream set's is the size its loader crops to)
+    return (size, size)
 
 
 def _read_weights(field: str, path) -> tuple[dict | None, dict | None, str | None]:

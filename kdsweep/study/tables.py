@@ -41,7 +41,7 @@ def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *,
                    locks: Locks = ProcessLocks()) -> TeacherSource:
     """The online teacher (BatchNorm folded), or a table in front of it when :func:`wants_table`."""
     online = OnlineTeacher(teacher, fold_bn=True)
-    if not wants_table(spec):
+    if not wants_table(spec) or data.loader == "stream":  # no fixed set of views to tabulate
         return online
     dev = torch.device(device)
     bf16 = teacher_bf16(spec.student.recipe.precision, dev)  # what the trainer gives the online teacher

@@ -42,7 +42,7 @@ class Trained:
 def data_params(data: ImageSet) -> dict[str, str]:
     """What every run records of its data: the data set, its identity, and the validation split's identity."""
     return {"data_identity": data.identity, "dataset": data.name, "val_split": data.val_digest[:16] or "none",
-            "val_images": 0 if data.val_y is None else len(data.val_y)}
+            "val_images": 0 if data.val_y is None else len(data.val_y), "loader": data.loader}
 
 
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
@@ -77,6 +77,8 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
     except BaseException as exc:
         recorder.fail(run_id, f"{type(exc).__name__}: {exc}", killed=isinstance(exc, KeyboardInterrupt))
         raise
+    if result.resumed_from_epoch:  # epochs checkpointed before a kill whose log was lost, as objective.py does
+        recorder.backfill(run_id, result.history[:result.resumed_from_epoch])
     final = save_checkpoint(weights_payload(cfg, data.num_classes, result.scored_model),
                             workdir / "models" / f"{role}-{key}.pt")
     summary = result.summary()

@@ -24,3 +24,17 @@ def torchvision_resnet18(num_classes: int, width: float = 1.0, in_channels: int 
 
 
 torchvision_resnet18.scales_width = False  # sources.scales_with_width: study validate refuses a width for it
+
+
+@MODELS.register("torchvision_resnet34")
+def torchvision_resnet34(num_classes: int, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    """torchvision's ImageNet ResNet-34, untrained: the teacher of studies/imagenet-resnet34-resnet18.yaml."""
+    check_args(num_classes, width, in_channels)
+    if width != 1.0 or in_channels != 3:
+        raise ValueError(f"torchvision_resnet34 takes width 1.0 and 3 channels, got {width!r} and {in_channels!r}")
+    import torchvision
+
+    return torchvision.models.resnet34(weights=None, num_classes=num_classes)
+
+
+torchvision_resnet34.scales_width = False
