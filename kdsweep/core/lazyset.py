@@ -97,6 +97,7 @@ class LazySet:
     val_digest: str = ""
     loader_note: str = ""  # why the stream loader was chosen (printed by the CLI)
     loader = "stream"
+    input_size = None  # streamed images are decoded at image_size already: no resize on the device
 
     @property
     def train_y(self) -> torch.Tensor:

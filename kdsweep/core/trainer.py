@@ -448,8 +448,7 @@ def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",
     """(train accuracy without augmentation, test accuracy, validation accuracy or None) of a trained model."""
     dev = resolve_device(device)
     model.to(dev)
-    common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False,
-                  resize=data.input_size)
+    common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False)
     autocast = contextlib.nullcontext if dev.type == "cpu" else (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
     if data.loader == "stream":  # data larger than memory (kdsweep.core.stream)
         from kdsweep.core.stream import StreamLoader
@@ -459,7 +458,7 @@ def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",
         loaders = [StreamLoader(items, data.options, **stream) for items in (data.train, data.test, data.val)
                    if items is not None and len(items)]
     else:
-        loaders = [DeviceLoader(x, y, **common) for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y),
+        loaders = [DeviceLoader(x, y, resize=data.input_size, **common) for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y),
                                                              (data.val_x, data.val_y)) if y is not None and len(y)]
     train_acc = evaluate(model, loaders[0], autocast)
     test_acc = evaluate(model, loaders[1], autocast)

@@ -38,7 +38,7 @@ class LatencyBook:
                 model = build_model(arch, num_classes=self.data.num_classes, width=width,
                                     arch_args=space.arch_args_of(self.spec, arch))
                 self._known[key] = measure(
-                    model, image_size=input_size(self.data), in_channels=int(self.data.test_x.shape[1]),
+                    model, image_size=input_size(self.data), in_channels=_channels(self.data),
                     device=self.device, bf16=False,  # as served: the logged model (tracking/served_model.py) runs fp32
                     repeats=self.spec.latency_repeats, warmup=min(3, self.spec.latency_repeats))
                 del model
@@ -63,3 +63,8 @@ def speed_params(speed: Latency) -> dict[str, str]:
 def with_speed(summary: RunSummary, speed: Latency) -> RunSummary:
     """``summary`` with the latency metrics added (logged with the run's final metrics)."""
     return dataclasses.replace(summary, extra={**summary.extra, **speed.as_metrics()})
+
+
+def _channels(data) -> int:
+    """Colour channels of the images (a streamed set decodes to RGB)."""
+    return int(data.test_x.shape[1]) if data.loader == "resident" else 3
