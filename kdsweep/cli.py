@@ -281,6 +281,19 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
                f"--set teacher.checkpoint={path}")
 
 
+def store_flags_problem(*flags: tuple[str, str, str]) -> None:
+    """Refuse store URLs kdsweep does not run on (one line each, exit 2) before anything opens them."""
+    from kdsweep.stores import url_problem
+    from kdsweep.study.spec import shown
+
+    what = {"storage": "Optuna storage", "tracking_uri": "MLflow tracking URI",
+            "backend_store_uri": "the MLflow server's database"}
+    problems = [f"{field}={shown(url)} (from {flag}): {what[field]} {problem}" for flag, field, url in flags
+                if (problem := url_problem(field, url))]
+    if problems:
+        raise UserError("\n".join(problems))
+
+
 @main.group()
 def server() -> None:
     """The MLflow tracking server."""
@@ -300,6 +313,7 @@ def server_start(**opts) -> None:
     from kdsweep.study.probes import store_problems
     from kdsweep.tracking.server import ServerOptions, log_tail, serve
 
+    store_flags_problem(("--backend-store-uri", "backend_store_uri", opts["backend_store_uri"]))
     options = ServerOptions(**opts)
     if options.backend_store_uri.startswith(("postgresql", "sqlite")):  # log in before the server starts
         problems = store_problems("--backend-store-uri", options.backend_store_uri)
@@ -331,6 +345,7 @@ def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: 
         raise UserError(f"STUDY={' '.join(studies)!r}: give one study, or --compare with two or more")
     if compare and register:
         raise UserError(f"--register={register!r}: registers the best student of one study; drop --compare")
+    store_flags_problem(("--tracking-uri", "tracking_uri", tracking_uri), ("--storage", "storage", storage))
     db = sqlite_file(tracking_uri)
     if db is not None and not db.exists():
         raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
