@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kdsweep.core.registry import Registry
+from kdsweep.core.dataset_registry import DATASETS  # declared there, so its names are read without torch
 from kdsweep.errors import DataError
 
 
@@ -44,9 +44,6 @@ class ImageSet:
     @property
     def has_val(self) -> bool:
         return self.val_y is not None and len(self.val_y) > 0
-
-
-DATASETS: Registry[Callable[..., ImageSet]] = Registry("dataset")
 
 
 def make_imageset(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],

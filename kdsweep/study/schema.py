@@ -212,7 +212,7 @@ class DataSpec(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        from kdsweep.core.data import DATASETS
+        from kdsweep.core.dataset_registry import DATASETS
 
         if v not in DATASETS:
             raise ValueError(f"unknown dataset; choose from {DATASETS.names()}")
@@ -220,7 +220,7 @@ class DataSpec(Strict):
 
 
 def _known_model(v: str) -> str:
-    from kdsweep.core.models import MODELS
+    from kdsweep.core.models.registry import MODELS
 
     if v not in MODELS:
         raise ValueError(f"unknown architecture; choose from {MODELS.names()}")
