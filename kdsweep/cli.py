@@ -17,6 +17,17 @@ from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_
 DATA_ROOT_ENV = "KDSWEEP_DATA_ROOT"
 
 
+class PathArg(click.Path):
+    """``click.Path`` that refuses a NUL byte as a usage error (``os.stat`` raises ValueError on one, not OSError)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "\x00" in value:
+            from kdsweep.study.spec import shown
+
+            self.fail(f"{shown(value, 100)} holds a NUL byte, which no path can", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class UserError(click.ClickException):
     """Printed as ``Error: <message>`` with exit code 2."""
 
@@ -39,7 +50,7 @@ def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None
 
 def override_options(f):
     opts = [
-        click.option("--data-root", type=click.Path(path_type=Path), help=f"Data folder (beats ${DATA_ROOT_ENV} and the spec)."),
+        click.option("--data-root", type=PathArg(path_type=Path), help=f"Data folder (beats ${DATA_ROOT_ENV} and the spec)."),
         click.option("--n-trials", type=click.IntRange(min=1), help="Finished trials the study should hold."),
         click.option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/optuna."),
         click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000."),
@@ -89,7 +100,7 @@ def _preflight(spec_path: Path, spec, *, stores=("storage", "tracking_uri"), pro
 
 
 @study.command("validate")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 def study_validate(spec_path: Path, **flags) -> None:
     """Check SPEC without running it and print the resolved settings."""
@@ -112,7 +123,7 @@ def system_metrics_option(f):
 
 
 @study.command("run")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 @system_metrics_option
 def study_run(spec_path: Path, system_metrics: bool | None, **flags) -> None:
@@ -121,7 +132,7 @@ def study_run(spec_path: Path, system_metrics: bool | None, **flags) -> None:
 
 
 @study.command("confirm")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 def study_confirm(spec_path: Path, **flags) -> None:
     """Run (or resume) only the confirmation stage: SPEC's best trials retrained on its confirm.seeds."""
@@ -129,7 +140,7 @@ def study_confirm(spec_path: Path, **flags) -> None:
 
 
 @study.command("worker")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 @system_metrics_option
 @click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
@@ -252,9 +263,9 @@ def teacher() -> None:
 
 
 @teacher.command("train")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
-@click.option("--out", type=click.Path(path_type=Path), help="Write the weights here "
+@click.option("--out", type=PathArg(path_type=Path), help="Write the weights here "
               "(default mlruns/teachers/STUDY-ARCH-xWIDTH.pt).")
 def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     """Train (or reuse) only SPEC's teacher, record it in MLflow and save its weights.
@@ -334,7 +345,7 @@ def server_start(**opts) -> None:
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
               help="Optuna storage, for the Optuna plots in --format html.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "html"]), default="md", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
+@click.option("--out", type=PathArg(path_type=Path), help="Write to this file instead of stdout.")
 @click.option("--register", metavar="NAME", help="Register the best distilled student in the MLflow Model Registry.")
 def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: str, fmt: str, out: Path | None,
            register: str | None) -> None:
@@ -342,13 +353,24 @@ def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: 
     from kdsweep.tracking import publish, render
 
     if compare != (len(studies) > 1):
-        raise UserError(f"STUDY={' '.join(studies)!r}: give one study, or --compare with two or more")
+        from kdsweep.study.spec import shown
+
+        raise UserError(f"STUDY={shown(' '.join(studies))}: give one study, or --compare with two or more")
     if compare and register:
         raise UserError(f"--register={register!r}: registers the best student of one study; drop --compare")
     store_flags_problem(("--tracking-uri", "tracking_uri", tracking_uri), ("--storage", "storage", storage))
     db = sqlite_file(tracking_uri)
     if db is not None and not db.exists():
         raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
+    from kdsweep.study.probes import store_problems
+
+    # MLflow retries a store that does not answer for minutes, and migrates a SQLite file it opens:
+    # the store is asked first, so a dead server, a folder or a file that is not SQLite is one line
+    problems = store_problems("tracking_uri", tracking_uri, http_auth=http_auth())
+    if fmt == "html":  # the Optuna plots read the storage
+        problems += store_problems("storage", storage)
+    if problems:
+        raise UserError("\n".join(f"{p} (from --{p.split('=', 1)[0].replace('_', '-')})" for p in problems))
     try:
         if compare:
             from kdsweep.tracking.report import load_report
@@ -386,7 +408,7 @@ def data() -> None:
 
 @data.command("download")
 @click.argument("name", type=click.Choice(["cifar10", "cifar100", "imagefolder"]))
-@click.option("--root", type=click.Path(path_type=Path), required=True, help="Folder to download into.")
+@click.option("--root", type=PathArg(path_type=Path), required=True, help="Folder to download into.")
 def data_download(name: str, root: Path) -> None:
     """Download NAME into ROOT with torchvision's downloader (needs internet)."""
     from kdsweep.core.data import download_dataset
@@ -440,14 +462,14 @@ def _launch_plan(spec_path: Path, flags: dict, *, check_data: bool):
 
 
 @launch.command("slurm")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @cluster_options
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), help="CPU cores per worker (sbatch --cpus-per-task).")
 @click.option("--partition", help="sbatch --partition.")
 @click.option("--account", help="sbatch --account.")
 @click.option("--time", help="Time limit per task, e.g. 4:00:00; near it the trial is marked and the task requeued.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG", help="Passed to sbatch (repeatable), e.g. --qos=long.")
-@click.option("--env-file", type=click.Path(path_type=Path), help="KEY=VALUE file (mode 600) the job sources: PGPASSWORD, "
+@click.option("--env-file", type=PathArg(path_type=Path), help="KEY=VALUE file (mode 600) the job sources: PGPASSWORD, "
               "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD.")
 @override_options
 def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool,
@@ -486,7 +508,7 @@ def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heart
 
 
 @launch.command("k8s")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @cluster_options
 @click.option("--image", required=True, help="The worker image (docker/worker.Dockerfile), e.g. registry/kdsweep-worker:0.1.")
 @click.option("--cpus-per-worker", help="CPU request per worker, e.g. 8 or 500m.")

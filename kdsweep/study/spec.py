@@ -250,6 +250,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
+            raise SpecError([f"{path}: cannot read spec: not a regular file (a FIFO, socket or device)"])
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
