@@ -12,7 +12,7 @@ train`` stop in their preflight (exit 2), after the spec, flags and stores are c
 cases are ``validate`` and the dry runs. As in tests/test_spec_fuzz.py, one process imports
 kdsweep (torch, MLflow, Optuna) once and forks a child per case, so each case's exit status,
 output, time and peak memory are its own; a few real ``kdsweep`` processes run beside it.
-KDSWEEP_FUZZ_SEED and KDSWEEP_CLI_FUZZ_CASES (default 600) pick the cases.
+KDSWEEP_FUZZ_SEED and KDSWEEP_CLI_FUZZ_CASES (default 500) pick the cases.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import yaml
 from test_spec_fuzz import FLOW_LAUGHS, PASSWORD, make_case, problems_of
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = int(os.environ.get("KDSWEEP_CLI_FUZZ_CASES", "600"))
+CASES = int(os.environ.get("KDSWEEP_CLI_FUZZ_CASES", "500"))
 SEED = int(os.environ.get("KDSWEEP_FUZZ_SEED", "14"))
 MAX_SECONDS, MAX_BYTES, KILL_AFTER = 5.0, 500 * 2**20, 20
 
-GOOD = {"name": "fuzz", "seeds": [0], "data": {"root": "."},  # a folder without the data set: no case trains "teacher": {"arch": "resnet8", "recipe": {"epochs": 1}},
+# the data root is a folder without the data set, so no case trains
+GOOD = {"name": "fuzz", "seeds": [0], "data": {"root": "."}, "teacher": {"arch": "resnet8", "recipe": {"epochs": 1}},
         "student": {"arch": "resnet8", "recipe": {"epochs": 1}},
         "search": {"lr": {"low": 0.01, "high": 0.1, "log": True}, "kd": {"alpha": {"low": 0.1, "high": 0.9}}},
         "n_trials": 2, "confirm": {"top_k": 1, "seeds": [1]}}
@@ -73,12 +74,12 @@ SET_VALUES = ["", "~", "null", "true", "yes", "1", "-1", "0x1f", "0o17", "1_000"
               "[0, 1]", "{low: 0.1, high: 0.01}", "{choices: []}", "{choices: [kd, dkd]}", "resnet9", "cuda:99"]
 DEVICES = ["auto", "cpu", "cuda", "cuda:0", "cuda:99", "mps", "", "CUDA", "cuda:-1", "tpu", "\x00", "\udcff"]
 TEXT = ["x", "", " ", "4:00:00", "16G", "\udcff", "a" * 2000, "--qos=long", "; rm -rf /", "$(echo owned)",
-        "\n", "é", "--dry-run"]
+        "\n", "é", "--dry-run", "gpu\nrm -rf ~", "gpu,cpu"]
 VALID = {"--data-root": ["."], "--n-trials": ["1", "3"], "--storage": ["sqlite:///x.db", PG],
          "--tracking-uri": ["sqlite:///m.db", HTTP], "--device": ["cpu", "auto"], "--jobs": ["1", "2"],
          "--heartbeat": ["5"], "--workers": ["1", "4"], "--gpus-per-worker": ["0", "1"], "--mem": ["16G"],
          "--cpus-per-worker": ["4"], "--time": ["4:00:00"], "--env-file": ["env600"], "--image": ["img:1"],
-         "--backoff-limit-per-index": ["2"]}
+         "--backoff-limit-per-index": ["2"], "--partition": ["gpu"], "--namespace": ["ml"]}
 VALID_SETS = ["student.recipe.lr=0.05", "n_trials=4", "search.kd.alpha={low: 0.2, high: 0.8}", "seeds=[3, 4]",
               "student.kd.temperature=2", "data.val_split=0.2"]
 SPEC_COMMANDS = [["study", "validate"], ["study", "run"], ["study", "confirm"], ["study", "worker"],
