@@ -70,7 +70,7 @@ SET_VALUES = ["", "~", "null", "true", "yes", "1", "-1", "0x1f", "0o17", "1_000"
               "1.0e400", "1e400", "text", "'quoted'", "[1, 2]", "{a: 1}", "{a: 1, a: 2}", "[{k: 1, k: 2}]",
               "!!binary aGk=", "!!set {a}", "2024-01-01", "2024-13-45", "&a [*a]", "*undefined", "[" * 60,
               "{x: " * 60, "!!python/object/apply:os.system ['echo owned']", FLOW_LAUGHS, "=", "a=b", "\x00",
-              "\udcff", "é", "- 1\n- 2", "{<<: {a: 1}, a: 2}", "7" * 5000, f"postgresql://u:{PASSWORD}@h/d",
+              "\udcff", "é", "- 1\n- 2", "{<<: {a: 1}, a: 2}", "7" * 5000, f"postgresql://u:{PASSWORD}@127.0.0.1:1/d",
               "[0, 1]", "{low: 0.1, high: 0.01}", "{choices: []}", "{choices: [kd, dkd]}", "resnet9", "cuda:99"]
 DEVICES = ["auto", "cpu", "cuda", "cuda:0", "cuda:99", "mps", "", "CUDA", "cuda:-1", "tpu", "\x00", "\udcff"]
 TEXT = ["x", "", " ", "4:00:00", "16G", "\udcff", "a" * 2000, "--qos=long", "; rm -rf /", "$(echo owned)",

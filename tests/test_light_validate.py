@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted(str(p) for p in (ROOT / "studies").glob("*.yaml"))
-HEAVY = ("torch", "torchvision", "timm", "numpy", "optuna", "mlflow", "sqlalchemy", "pandas")
+HEAVY = ("torch", "torchvision", "timm", "optuna", "mlflow")  # seconds and hundreds of MB each to import
 
 PROBE = """
 import json, sys, traceback
