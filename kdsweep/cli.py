@@ -148,7 +148,7 @@ def study_confirm(spec_path: Path, **flags) -> None:
                    "its trial retried. Give every worker the same value.")
 def study_worker(spec_path: Path, heartbeat: int, system_metrics: bool | None, **flags) -> None:
     """Join SPEC's study in PostgreSQL and run trials until it holds n_trials (start one per GPU or machine)."""
-    from kdsweep.study.coordination import shared_store_problem
+    from kdsweep.study.probes import shared_store_problem
 
     try:
         spec = _load(spec_path, **flags)
