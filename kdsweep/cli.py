@@ -28,6 +28,32 @@ class PathArg(click.Path):
         return super().convert(value, param, ctx)
 
 
+class ShortUsageErrors(click.Group):
+    """Click quotes a refused value whole (``'aaa...' is not a valid integer range``, ``No such option:
+    --aaa...``): a 2,000-character flag made a 2,000-character line. Cut to a few hundred, passwords masked."""
+
+    @staticmethod
+    def _cut(exc: click.UsageError) -> None:
+        from kdsweep.study.spec import cut
+
+        if len(exc.message) > 300 or "://" in exc.message:
+            exc.message = cut(exc.message, 300)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            self._cut(exc)
+            raise
+
+    def invoke(self, ctx):
+        try:  # the subcommands' arguments are parsed in here
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            self._cut(exc)
+            raise
+
+
 class UserError(click.ClickException):
     """Printed as ``Error: <message>`` with exit code 2."""
 
@@ -65,7 +91,7 @@ def override_options(f):
     return f
 
 
-@click.group()
+@click.group(cls=ShortUsageErrors)
 @click.version_option(package_name="kdsweep")
 def main() -> None:
     """Knowledge-distillation sweeps: Optuna search, MLflow tracking, honest reports."""

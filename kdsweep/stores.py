@@ -104,6 +104,10 @@ def url_problem(field: str, url: str) -> str | None:
     if scheme not in SUPPORTED[field]:
         why = f"{scheme}:// is not supported" if scheme and url[len(scheme):].startswith(("://", "+")) else "not a URL"
         return f"must start with one of {supported_forms(field)} ({why})"
+    if any("\udc80" <= c <= "\udcff" for c in url):  # a byte that is not UTF-8, as the shell passed it
+        return "is not UTF-8 text"
+    if scheme != "sqlite" and not url.isascii():  # http.client and libpq send ASCII only
+        return "contains characters that are not ASCII: percent-encode them (e.g. %C3%A9 for é)"
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or not url.removeprefix("sqlite:///").split("?", 1)[0]:
             return "must be sqlite:///PATH (a relative path) or sqlite:////PATH (an absolute one)"

@@ -142,6 +142,8 @@ def make_cli_case(n: int) -> tuple[list[str], bytes, list[str]]:
     if command == ["study", "worker"] and rng.random() < 0.5:
         args += ["--storage", PG, "--tracking-uri", HTTP]
     args += _flags(rng, command)
+    if rng.random() < 0.05:  # an option no command has
+        args.append(rng.choice(["--" + "a" * 2000, "--storagex", "-x", f"--{PG}"]))
     log.append(" ".join(command))
     return args, spec, log
 

@@ -79,3 +79,17 @@ def test_report_asks_its_store_before_mlflow_retries_it(tmp_path, monkeypatch, u
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"Error: tracking_uri={url!r}: {reason}" + (
         " (connection refused): is PostgreSQL running there?" if "postgresql" in url else "") + " (from --tracking-uri)"
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://127.0.0.1:9/\udcff", "is not UTF-8 text"),
+    ("sqlite:///\udcff.db", "is not UTF-8 text"),
+    ("http://café.lab:5000", "not ASCII: percent-encode them"),
+])
+def test_urls_a_client_cannot_send_are_refused(url, expected):
+    # the fuzz found report's probe crashing in http.client on the first (UnicodeEncodeError)
+    assert expected in url_problem("tracking_uri", url)
+
+
+def test_sqlite_paths_may_be_any_utf8():
+    assert url_problem("storage", "sqlite:///études/optuna.db") is None

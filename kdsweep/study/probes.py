@@ -71,7 +71,8 @@ class HttpAuth:
 def store_problems(field: str, url: str, *, timeout: float = STORE_TIMEOUT,
                    http_auth: HttpAuth | None = None) -> list[str]:
     """Why the store at ``url`` (spec field ``field``) cannot be used now; [] when it can."""
-    head = f"{field}={masked(url)!r}"
+    shown = masked(url)
+    head = f"{field}={shown!r}" if len(shown) <= 200 else f"{field}={shown[:200]!r}... ({len(shown):,} characters)"
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     deadline = time.monotonic() + timeout
     if scheme == "sqlite":
