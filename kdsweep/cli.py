@@ -378,16 +378,16 @@ def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: 
     """Print the teacher / student / distilled table of STUDY from MLflow (html adds plots)."""
     from kdsweep.tracking import publish, render
 
-    if compare != (len(studies) > 1):
-        from kdsweep.study.spec import shown
+    from kdsweep.study.spec import shown
 
+    if compare != (len(studies) > 1):
         raise UserError(f"STUDY={shown(' '.join(studies))}: give one study, or --compare with two or more")
     if compare and register:
-        raise UserError(f"--register={register!r}: registers the best student of one study; drop --compare")
+        raise UserError(f"--register={shown(register)}: registers the best student of one study; drop --compare")
     store_flags_problem(("--tracking-uri", "tracking_uri", tracking_uri), ("--storage", "storage", storage))
     db = sqlite_file(tracking_uri)
     if db is not None and not db.exists():
-        raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
+        raise UserError(f"--tracking-uri={shown(tracking_uri)}: no such store (run a study first)")
     from kdsweep.study.probes import store_problems
 
     # MLflow retries a store that does not answer for minutes, and migrates a SQLite file it opens:
