@@ -17,6 +17,43 @@ from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_
 DATA_ROOT_ENV = "KDSWEEP_DATA_ROOT"
 
 
+class PathArg(click.Path):
+    """``click.Path`` that refuses a NUL byte as a usage error (``os.stat`` raises ValueError on one, not OSError)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "\x00" in value:
+            from kdsweep.study.spec import shown
+
+            self.fail(f"{shown(value, 100)} holds a NUL byte, which no path can", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class ShortUsageErrors(click.Group):
+    """Click quotes a refused value whole (``'aaa...' is not a valid integer range``, ``No such option:
+    --aaa...``): a 2,000-character flag made a 2,000-character line. Cut to a few hundred, passwords masked."""
+
+    @staticmethod
+    def _cut(exc: click.UsageError) -> None:
+        from kdsweep.study.spec import cut
+
+        if len(exc.message) > 300 or "://" in exc.message:
+            exc.message = cut(exc.message, 300)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            self._cut(exc)
+            raise
+
+    def invoke(self, ctx):
+        try:  # the subcommands' arguments are parsed in here
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            self._cut(exc)
+            raise
+
+
 class UserError(click.ClickException):
     """Printed as ``Error: <message>`` with exit code 2."""
 
@@ -39,7 +76,7 @@ def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None
 
 def override_options(f):
     opts = [
-        click.option("--data-root", type=click.Path(path_type=Path), help=f"Data folder (beats ${DATA_ROOT_ENV} and the spec)."),
+        click.option("--data-root", type=PathArg(path_type=Path), help=f"Data folder (beats ${DATA_ROOT_ENV} and the spec)."),
         click.option("--n-trials", type=click.IntRange(min=1), help="Finished trials the study should hold."),
         click.option("--storage", help="Optuna storage URL, e.g. postgresql://user@host/optuna."),
         click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000."),
@@ -54,7 +91,7 @@ def override_options(f):
     return f
 
 
-@click.group()
+@click.group(cls=ShortUsageErrors)
 @click.version_option(package_name="kdsweep")
 def main() -> None:
     """Knowledge-distillation sweeps: Optuna search, MLflow tracking, honest reports."""
@@ -86,7 +123,7 @@ def _preflight(spec_path: Path, spec, *, stores=("storage", "tracking_uri"), pro
 
 
 @study.command("validate")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 def study_validate(spec_path: Path, **flags) -> None:
     """Check SPEC without running it and print the resolved settings."""
@@ -109,7 +146,7 @@ def system_metrics_option(f):
 
 
 @study.command("run")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 @system_metrics_option
 def study_run(spec_path: Path, system_metrics: bool | None, **flags) -> None:
@@ -118,7 +155,7 @@ def study_run(spec_path: Path, system_metrics: bool | None, **flags) -> None:
 
 
 @study.command("confirm")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 def study_confirm(spec_path: Path, **flags) -> None:
     """Run (or resume) only the confirmation stage: SPEC's best trials retrained on its confirm.seeds."""
@@ -126,7 +163,7 @@ def study_confirm(spec_path: Path, **flags) -> None:
 
 
 @study.command("worker")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
 @system_metrics_option
 @click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
@@ -134,7 +171,7 @@ def study_confirm(spec_path: Path, **flags) -> None:
                    "its trial retried. Give every worker the same value.")
 def study_worker(spec_path: Path, heartbeat: int, system_metrics: bool | None, **flags) -> None:
     """Join SPEC's study in PostgreSQL and run trials until it holds n_trials (start one per GPU or machine)."""
-    from kdsweep.study.coordination import shared_store_problem
+    from kdsweep.study.probes import shared_store_problem
 
     try:
         spec = _load(spec_path, **flags)
@@ -250,9 +287,9 @@ def teacher() -> None:
 
 
 @teacher.command("train")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @override_options
-@click.option("--out", type=click.Path(path_type=Path), help="Write the weights here "
+@click.option("--out", type=PathArg(path_type=Path), help="Write the weights here "
               "(default mlruns/teachers/STUDY-ARCH-xWIDTH.pt).")
 def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     """Train (or reuse) only SPEC's teacher, record it in MLflow and save its weights.
@@ -280,6 +317,19 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
                f"--set teacher.checkpoint={path}")
 
 
+def store_flags_problem(*flags: tuple[str, str, str]) -> None:
+    """Refuse store URLs kdsweep does not run on (one line each, exit 2) before anything opens them."""
+    from kdsweep.stores import url_problem
+    from kdsweep.study.spec import shown
+
+    what = {"storage": "Optuna storage", "tracking_uri": "MLflow tracking URI",
+            "backend_store_uri": "the MLflow server's database"}
+    problems = [f"{field}={shown(url)} (from {flag}): {what[field]} {problem}" for flag, field, url in flags
+                if (problem := url_problem(field, url))]
+    if problems:
+        raise UserError("\n".join(problems))
+
+
 @main.group()
 def server() -> None:
     """The MLflow tracking server."""
@@ -299,6 +349,7 @@ def server_start(**opts) -> None:
     from kdsweep.study.probes import store_problems
     from kdsweep.tracking.server import ServerOptions, log_tail, serve
 
+    store_flags_problem(("--backend-store-uri", "backend_store_uri", opts["backend_store_uri"]))
     options = ServerOptions(**opts)
     if options.backend_store_uri.startswith(("postgresql", "sqlite")):  # log in before the server starts
         problems = store_problems("--backend-store-uri", options.backend_store_uri)
@@ -319,20 +370,32 @@ def server_start(**opts) -> None:
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True,
               help="Optuna storage, for the Optuna plots in --format html.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "html"]), default="md", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
+@click.option("--out", type=PathArg(path_type=Path), help="Write to this file instead of stdout.")
 @click.option("--register", metavar="NAME", help="Register the best distilled student in the MLflow Model Registry.")
 def report(studies: tuple[str, ...], compare: bool, tracking_uri: str, storage: str, fmt: str, out: Path | None,
            register: str | None) -> None:
     """Print the teacher / student / distilled table of STUDY from MLflow (html adds plots)."""
     from kdsweep.tracking import publish, render
 
+    from kdsweep.study.spec import shown
+
     if compare != (len(studies) > 1):
-        raise UserError(f"STUDY={' '.join(studies)!r}: give one study, or --compare with two or more")
+        raise UserError(f"STUDY={shown(' '.join(studies))}: give one study, or --compare with two or more")
     if compare and register:
-        raise UserError(f"--register={register!r}: registers the best student of one study; drop --compare")
+        raise UserError(f"--register={shown(register)}: registers the best student of one study; drop --compare")
+    store_flags_problem(("--tracking-uri", "tracking_uri", tracking_uri), ("--storage", "storage", storage))
     db = sqlite_file(tracking_uri)
     if db is not None and not db.exists():
-        raise UserError(f"--tracking-uri={tracking_uri!r}: no such store (run a study first)")
+        raise UserError(f"--tracking-uri={shown(tracking_uri)}: no such store (run a study first)")
+    from kdsweep.study.probes import store_problems
+
+    # MLflow retries a store that does not answer for minutes, and migrates a SQLite file it opens:
+    # the store is asked first, so a dead server, a folder or a file that is not SQLite is one line
+    problems = store_problems("tracking_uri", tracking_uri, http_auth=http_auth())
+    if fmt == "html":  # the Optuna plots read the storage
+        problems += store_problems("storage", storage)
+    if problems:
+        raise UserError("\n".join(f"{p} (from --{p.split('=', 1)[0].replace('_', '-')})" for p in problems))
     try:
         if compare:
             from kdsweep.tracking.report import load_report
@@ -370,7 +433,7 @@ def data() -> None:
 
 @data.command("download")
 @click.argument("name", type=click.Choice(["cifar10", "cifar100", "imagefolder"]))
-@click.option("--root", type=click.Path(path_type=Path), required=True, help="Folder to download into.")
+@click.option("--root", type=PathArg(path_type=Path), required=True, help="Folder to download into.")
 def data_download(name: str, root: Path) -> None:
     """Download NAME into ROOT with torchvision's downloader (needs internet)."""
     from kdsweep.core.data import download_dataset
@@ -447,14 +510,14 @@ def _launch_plan(spec_path: Path, flags: dict, *, check_data: bool):
 
 
 @launch.command("slurm")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @cluster_options
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), help="CPU cores per worker (sbatch --cpus-per-task).")
 @click.option("--partition", help="sbatch --partition.")
 @click.option("--account", help="sbatch --account.")
 @click.option("--time", help="Time limit per task, e.g. 4:00:00; near it the trial is marked and the task requeued.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG", help="Passed to sbatch (repeatable), e.g. --qos=long.")
-@click.option("--env-file", type=click.Path(path_type=Path), help="KEY=VALUE file (mode 600) the job sources: PGPASSWORD, "
+@click.option("--env-file", type=PathArg(path_type=Path), help="KEY=VALUE file (mode 600) the job sources: PGPASSWORD, "
               "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD.")
 @override_options
 def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool,
@@ -493,7 +556,7 @@ def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heart
 
 
 @launch.command("k8s")
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(path_type=Path))
 @cluster_options
 @click.option("--image", required=True, help="The worker image (docker/worker.Dockerfile), e.g. registry/kdsweep-worker:0.1.")
 @click.option("--cpus-per-worker", help="CPU request per worker, e.g. 8 or 500m.")

@@ -94,3 +94,56 @@ def single_writer(url: str, *, field: str) -> Iterator[None]:
         finally:
             _HELD.discard(handle.fileno())
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# What kdsweep runs on, by the flag or field that names a store. Anything else (MLflow's file store,
+# mysql, databricks, a typo) used to reach MLflow or SQLAlchemy and come back as a traceback after
+# a store had been made; now it is one line before anything is created.
+SUPPORTED = {
+    "storage": ("sqlite", "postgresql"),  # Optuna
+    "tracking_uri": ("sqlite", "postgresql", "http", "https"),  # MLflow: a database, or a server
+    "backend_store_uri": ("sqlite", "postgresql"),  # `kdsweep server start`'s database
+}
+FORMS = {"sqlite": "sqlite:///PATH", "postgresql": "postgresql://USER:PASSWORD@HOST:PORT/DB",
+         "http": "http(s)://HOST:PORT (an MLflow server)"}
+
+
+def supported_forms(field: str) -> str:
+    """``sqlite:///PATH, postgresql://...`` for the stores ``field`` takes."""
+    return ", ".join(dict.fromkeys(FORMS[s if s != "https" else "http"] for s in SUPPORTED[field]))
+
+
+def url_problem(field: str, url: str) -> str | None:
+    """Why ``url`` cannot be the store ``field`` names (a key of SUPPORTED), or None; from the text alone.
+
+    The scheme is one kdsweep supports and the URL parses (a host where one is needed, a port in
+    range, no control characters); whether the store answers is ``study.probes``'s job.
+    """
+    from urllib.parse import urlsplit
+
+    scheme = url_scheme(url)
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "contains a space or a control character"
+    if scheme not in SUPPORTED[field]:
+        why = f"{scheme}:// is not supported" if scheme and url[len(scheme):].startswith(("://", "+")) else "not a URL"
+        return f"must start with one of {supported_forms(field)} ({why})"
+    if any("\udc80" <= c <= "\udcff" for c in url):  # a byte that is not UTF-8, as the shell passed it
+        return "is not UTF-8 text"
+    if scheme != "sqlite" and not url.isascii():  # http.client and libpq send ASCII only
+        return "contains characters that are not ASCII: percent-encode them (e.g. %C3%A9 for é)"
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or not url.removeprefix("sqlite:///").split("?", 1)[0]:
+            return "must be sqlite:///PATH (a relative path) or sqlite:////PATH (an absolute one)"
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number or out of range
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if not url.lower().startswith(f"{parts.scheme}://"):
+        return f"must start with one of {supported_forms(field)} (not a URL)"
+    if scheme in ("http", "https") and not parts.hostname:
+        return "names no host: use http(s)://HOST:PORT"
+    if port == 0:
+        return "names port 0, which no server listens on"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,44 @@ def test_memory_budget_with_a_unit_is_read_as_bytes(tmp_path, good):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(with_(good, "data.memory_budget", "512MB")))
     assert load_spec(path).data.memory_budget == 512 * 10**6
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\nn_trials: 2\nteacher: {arch: resnet8}\nn_trials: 3\n",
+     "not valid YAML at line 4, column 1: key 'n_trials' is given twice, on lines 2 and 4"),
+    ("name: x\nteacher: {arch: resnet8, arch: resnet20}\n",
+     "not valid YAML at line 2, column 26: key 'arch' is given twice, on line 2, columns 11 and 26"),
+    ("name: x\nstudent:\n  recipe:\n    lr: 0.1\n    lr: 0.2\n",
+     "not valid YAML at line 5, column 5: key 'lr' is given twice, on lines 4 and 5"),
+])
+def test_a_key_written_twice_is_refused_naming_it_and_both_lines(tmp_path, text, expected):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path, check_data=False)
+    assert info.value.problems == [f"{path}: {expected} (keep one: YAML would silently use the later)"]
+
+
+def test_a_merge_may_still_be_overridden(tmp_path):
+    # `<<: {...}` then a key of its own is what merges are for, not a key written twice
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\nteacher: {arch: resnet8}\nstudent:\n  <<: {arch: resnet8, width: 0.5}\n  width: 0.25\n")
+    assert load_spec(path, check_data=False).student.width == 0.25
+
+
+def test_a_set_value_with_a_key_written_twice_is_refused(tmp_path, good):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(good))
+    with pytest.raises(SpecError) as info:
+        load_spec(path, {"set": ["student.recipe={lr: 0.1, epochs: 2, lr: 0.2}"]})
+    assert info.value.problems == [
+        "--set 'student.recipe={lr: 0.1, epochs: 2, lr: 0.2}': the value is not valid YAML at line 1, column 22: "
+        "key 'lr' is given twice, on line 1, columns 2 and 22 (keep one: YAML would silently use the later)"]
+
+
+def test_a_fifo_as_spec_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer for ever
+    with pytest.raises(SpecError) as info:
+        load_spec(fifo)
+    assert info.value.problems == [f"{fifo}: cannot read spec: not a regular file (a FIFO, socket or device)"]

@@ -12,12 +12,11 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from kdsweep.core.registry import Registry
+from kdsweep.core.dataset_registry import DATASETS  # declared there, so its names are read without torch
 from kdsweep.errors import DataError
 
 
@@ -55,9 +54,6 @@ class ImageSet:
     @property
     def has_val(self) -> bool:
         return self.val_y is not None and len(self.val_y) > 0
-
-
-DATASETS: Registry[Callable[..., ImageSet]] = Registry("dataset")
 
 
 def make_imageset(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],

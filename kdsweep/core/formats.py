@@ -242,9 +242,8 @@ def _read_whole(name: str) -> Callable:
 def _register_whole() -> None:
     from kdsweep.core.datasets import DATASETS
 
-    for name in ("manifest", "hf_disk"):
-        if name not in DATASETS:
-            DATASETS.register(name)(_read_whole(name))
+    for name in ("manifest", "hf_disk"):  # declared in core/dataset_registry.py
+        DATASETS.register(name)(_read_whole(name))
 
 
 _register_whole()

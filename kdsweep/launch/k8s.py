@@ -21,6 +21,7 @@ from pathlib import PurePosixPath
 
 from kdsweep.errors import LaunchError
 from kdsweep.launch.credentials import MLFLOW_PASSWORD, MLFLOW_USER, PG_PASSWORD
+from kdsweep.study.spec import shown
 
 SPEC_DIR, WORK_DIR, DATA_DIR = "/etc/kdsweep", "/work", "/data"
 GRACE_SECONDS = 120
@@ -52,15 +53,17 @@ class K8sJob:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise LaunchError(f"--workers={self.workers}: give 1 or more")
-        if not self.image or any(c.isspace() for c in self.image):
-            raise LaunchError(f"--image={self.image!r}: give an image reference, e.g. registry/kdsweep-worker:0.1")
+        if not self.image or any(c.isspace() for c in self.image) or len(self.image) > 500:
+            raise LaunchError(f"--image={shown(self.image, 60)}: give an image reference, e.g. registry/kdsweep-worker:0.1")
         for flag, value in (("--cpus-per-worker", self.cpus_per_worker), ("--mem", self.mem)):
             if value is not None and not QUANTITY.match(value):
-                raise LaunchError(f"{flag}={value!r}: give a Kubernetes quantity, e.g. 8, 500m, 32Gi")
+                raise LaunchError(f"{flag}={shown(value, 60)}: give a Kubernetes quantity, e.g. 8, 500m, 32Gi")
         for flag, value in (("--namespace", self.namespace), ("--data-pvc", self.data_pvc),
                             ("--work-pvc", self.work_pvc)):
-            if value is not None and not NAME.match(value):
-                raise LaunchError(f"{flag}={value!r}: not a Kubernetes name (lowercase letters, digits, '-')")
+            longest = 63 if flag == "--namespace" else 253  # a DNS label; a volume claim's name
+            if value is not None and (not NAME.match(value) or len(value) > longest):
+                raise LaunchError(f"{flag}={shown(value, 60)}: not a Kubernetes name (lowercase letters, digits, '-'; "
+                                  f"at most {longest})")
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ from kdsweep.launch.credentials import PG_PASSWORD, Stores
 
 
 def scheme_problems(storage: str, tracking_uri: str) -> list[str]:
-    from kdsweep.study.coordination import shared_store_problem
+    from kdsweep.study.probes import shared_store_problem
 
     return [p for p in (shared_store_problem("storage", storage),
                         shared_store_problem("tracking_uri", tracking_uri)) if p]

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsweep.errors import LaunchError
+from kdsweep.study.spec import shown
 
 MEM = re.compile(r"^\d+[KMGT]?$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64}){0,15}$")
 TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 WARN_SECONDS = 120  # --signal=B:TERM@120: time for the last epoch's checkpoint and the interrupt record
 
@@ -50,12 +52,17 @@ class SlurmJob:
         if self.workers < 1:
             raise LaunchError(f"--workers={self.workers}: give 1 or more")
         if self.mem is not None and not MEM.match(self.mem):
-            raise LaunchError(f"--mem={self.mem!r}: give a size as sbatch takes it, e.g. 16G or 4000M")
+            raise LaunchError(f"--mem={shown(self.mem, 60)}: give a size as sbatch takes it, e.g. 16G or 4000M")
         if self.time is not None and not TIME.match(self.time):
-            raise LaunchError(f"--time={self.time!r}: give minutes or [D-]HH:MM:SS, e.g. 4:00:00")
+            raise LaunchError(f"--time={shown(self.time, 60)}: give minutes or [D-]HH:MM:SS, e.g. 4:00:00")
+        for flag, value in (("--partition", self.partition), ("--account", self.account)):
+            # a line break would start a new line of the script: a command the job would run
+            if value is not None and not SLURM_NAME.match(value):
+                raise LaunchError(f"{flag}={shown(value, 60)}: give a SLURM name (letters, digits, '_', '-', '.'; "
+                                  "partitions separated by ',')")
         for arg in self.sbatch_args:
-            if not arg.startswith("--") or "\n" in arg:
-                raise LaunchError(f"--sbatch-arg={arg!r}: give one long sbatch option, e.g. --qos=long")
+            if not arg.startswith("--") or "\n" in arg or len(arg) > 200:
+                raise LaunchError(f"--sbatch-arg={shown(arg, 60)}: give one long sbatch option, e.g. --qos=long")
 
 
 def render_script(job: SlurmJob) -> str:

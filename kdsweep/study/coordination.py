@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from kdsweep.errors import StorageLostError, StudyError, TrialTakenOver
 from kdsweep.stores import url_scheme
 from kdsweep.study import recovery
+from kdsweep.study.probes import shared_store_problem  # noqa: F401  (there, so launch reads it without torch)
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
@@ -147,20 +148,6 @@ def locks_for(url: str) -> Locks:
         return ProcessLocks()
     raise StudyError(f"storage={url!r}: kdsweep runs studies on sqlite:/// (one process) "
                      f"or postgresql:// (several workers), not {scheme}")
-
-
-def shared_store_problem(field: str, url: str) -> str | None:
-    """Why ``url`` cannot be shared by several workers, or None when it can (the password masked)."""
-    from kdsweep.study.probes import masked
-
-    scheme, shown = url_scheme(url), masked(url)
-    if field == "storage" and scheme != "postgresql":
-        return (f"storage={shown!r}: workers share a study through PostgreSQL; SQLite takes one writer "
-                "at a time. Pass --storage postgresql://USER:PASSWORD@HOST:5432/optuna")
-    if field == "tracking_uri" and scheme not in ("http", "https"):
-        return (f"tracking_uri={shown!r}: workers log through an MLflow server (kdsweep server start "
-                "--backend-store-uri postgresql://.../mlflow). Pass --tracking-uri http://HOST:5000")
-    return None
 
 
 def count(study: optuna.Study) -> tuple[int, int]:

@@ -27,6 +27,8 @@ from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdsweep.stores import url_scheme
+
 STORE_TIMEOUT = 15.0  # seconds per store, connect and login together
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL's SSLRequest packet
 PG_REPLY_WAIT = 1.0  # a PostgreSQL server answers the SSLRequest in one round trip
@@ -69,7 +71,8 @@ class HttpAuth:
 def store_problems(field: str, url: str, *, timeout: float = STORE_TIMEOUT,
                    http_auth: HttpAuth | None = None) -> list[str]:
     """Why the store at ``url`` (spec field ``field``) cannot be used now; [] when it can."""
-    head = f"{field}={masked(url)!r}"
+    shown = masked(url)
+    head = f"{field}={shown!r}" if len(shown) <= 200 else f"{field}={shown[:200]!r}... ({len(shown):,} characters)"
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     deadline = time.monotonic() + timeout
     if scheme == "sqlite":
@@ -249,3 +252,17 @@ def _refusal(code: int, path: str, logged_in: bool) -> str:
         return (f"403 Forbidden on {path}: the server's --allowed-hosts does not list the host in this URI, "
                 "or this user may not read experiments")
     return f"the server answered {code} on {path}: not an MLflow tracking server?"
+
+
+# -- sharing -----------------------------------------------------------------------------------
+
+def shared_store_problem(field: str, url: str) -> str | None:
+    """Why ``url`` cannot be shared by several workers, or None when it can (the password masked)."""
+    scheme, shown = url_scheme(url), masked(url)
+    if field == "storage" and scheme != "postgresql":
+        return (f"storage={shown!r}: workers share a study through PostgreSQL; SQLite takes one writer "
+                "at a time. Pass --storage postgresql://USER:PASSWORD@HOST:5432/optuna")
+    if field == "tracking_uri" and scheme not in ("http", "https"):
+        return (f"tracking_uri={shown!r}: workers log through an MLflow server (kdsweep server start "
+                "--backend-store-uri postgresql://.../mlflow). Pass --tracking-uri http://HOST:5000")
+    return None

@@ -19,10 +19,9 @@ from kdsweep.core.methods import LOSSES
 from kdsweep.core.searchable import ARCH, METHOD, RECIPE, Searchable, method_searchables
 from kdsweep.study.model_fields import plain_args, readable_file, width_fits
 
-from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, url_scheme
+from kdsweep.stores import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, url_problem
 
-STORAGE_SCHEMES = {"sqlite", "postgresql"}  # what kdsweep runs studies on (see study/coordination.py)
-TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "http", "https", "file", "databricks"}
+# the stores kdsweep runs on, by field: kdsweep.stores.SUPPORTED (the CLI's store flags read it too)
 # lengths past any real spec's, so that `kdsweep study validate` of a valid spec prints a few kB at most
 MAX_ITEMS = 64  # seeds, choices
 MAX_TEXT = 1000  # URLs and paths
@@ -239,7 +238,7 @@ class DataSpec(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        from kdsweep.core.data import DATASETS
+        from kdsweep.core.dataset_registry import DATASETS
 
         if v not in DATASETS:
             raise ValueError(f"unknown dataset; choose from {DATASETS.names()}")
@@ -463,18 +462,17 @@ class StudySpec(Strict):
     @field_validator("storage")
     @classmethod
     def _storage_url(cls, v: str) -> str:
-        scheme = url_scheme(v)
-        if scheme not in STORAGE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
-            raise ValueError("Optuna storage must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        problem = url_problem("storage", v)
+        if problem:
+            raise ValueError(f"Optuna storage {problem}")
         return v
 
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, v: str) -> str:
-        scheme = url_scheme(v)
-        if scheme not in TRACKING_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
-            raise ValueError(f"MLflow tracking URI must start with one of {sorted(TRACKING_SCHEMES)} "
-                             "(e.g. sqlite:///mlruns/mlflow.db or http://127.0.0.1:5000)")
+        problem = url_problem("tracking_uri", v)
+        if problem:
+            raise ValueError(f"MLflow tracking URI {problem}")
         return v
 
     @field_validator("device")

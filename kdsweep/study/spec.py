@@ -191,6 +191,28 @@ class _BoundedLoader(yaml.SafeLoader):
                                    node.start_mark)
         return value
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        """As ``yaml.safe_load``'s, but a key written twice in one mapping is refused (YAML keeps the
+        later value silently, so a user who writes ``n_trials`` twice cannot tell which one ran).
+        Keys a merge (``<<: *base``) brings in may still be overridden: that is what merges are for."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # a mapping or list as a key is refused by the constructor itself
+                key = self.construct_object(key_node)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # unhashable: refused below, as safe_load does
+                    continue
+                if first is not key_node:
+                    a, b = first.start_mark, key_node.start_mark
+                    where = (f"lines {a.line + 1} and {b.line + 1}" if a.line != b.line
+                             else f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")
+                    raise ConstructorError(None, None, f"key {shown(key, 60)} is given twice, on {where} "
+                                           "(keep one: YAML would silently use the later)", b)
+        return super().construct_mapping(node, deep)
+
     def construct_yaml_timestamp(self, node: Any) -> Any:
         try:
             return super().construct_yaml_timestamp(node)
@@ -228,6 +250,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO would block the read forever
+            raise SpecError([f"{path}: cannot read spec: not a regular file (a FIFO, socket or device)"])
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:

@@ -2,7 +2,9 @@
 
 One file per method; each builds a ``Method`` (params with published defaults and bounds, and a
 function returning the named, weighted loss terms) and registers it. Adding a method is one file
-here, its import below and its test in ``tests/test_methods.py``.
+here, its import below and its test in ``tests/test_methods.py``. Importing this package imports
+no torch (method files import it inside their functions, see ``base.py``), so that
+``kdsweep study validate`` stays light.
 """
 
 from kdsweep.core.methods.base import LOSSES, Method, MethodParam

@@ -11,20 +11,27 @@ Conventions every ``terms`` function keeps:
 - ``epoch`` is the 1-based epoch being trained, a Python number or a 0-dim tensor on the logits'
   device (CUDA-graph replays change it in place), so no ``.item()``/``float()`` on it and no Python
   branch on tensor values: nothing may sync with the host inside a captured step.
+
+Importing a method file imports no torch: ``kdsweep study validate`` reads every method's name and
+params (the spec's ``student.<method>`` and ``search.<method>`` fields) from these declarations,
+and must stay light (torch alone is ~4 s and ~700 MB). So a method file imports torch, and any
+module that does, inside its functions (``import torch`` as their first line), and names torch
+types at the top only under ``TYPE_CHECKING``; tests/test_light_validate.py fails naming the
+module that imported torch otherwise. Calls are cheap: the module is already loaded by then.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from kdsweep.core.registry import Registry
 
-Terms = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Terms = dict[str, "torch.Tensor"]
 
 
 def _num(x: float) -> str:
@@ -117,6 +124,8 @@ class Method:
 
 def hard_ce(student_logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     """Cross-entropy with the labels, in float32: the hard-label term every method shares."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
 
 

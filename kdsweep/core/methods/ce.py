@@ -9,9 +9,12 @@ loss teachers are trained with.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, Terms, hard_ce, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 def ce_terms(

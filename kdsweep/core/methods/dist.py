@@ -23,9 +23,12 @@ beta 2, gamma 2, T 4, CE weight 1. (On ImageNet the paper uses beta = gamma = 1,
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
+
+if TYPE_CHECKING:
+    import torch
 
 EPS = 1e-8  # as in the reference's cosine similarity
 
@@ -47,6 +50,8 @@ def dist_terms(
     *,
     label_smoothing: float = 0.0,
 ) -> Terms:
+    import torch  # on use, so that declaring the method imports no torch (see methods/base.py)
+
     t = params["temperature"]
     y_s = torch.softmax(student_logits.float() / t, dim=1)
     y_t = torch.softmax(teacher_logits.float() / t, dim=1)

@@ -25,13 +25,18 @@ offset can produce log(0) or a NaN gradient.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 def warmup_factor(epoch: float | torch.Tensor, warmup: float) -> float | torch.Tensor:
     """min(epoch / warmup, 1) for a Python or a device-tensor epoch, without a host sync."""
+    import torch  # on use, so that declaring the method imports no torch (see methods/base.py)
+
     if warmup <= 0:
         return 1.0
     if isinstance(epoch, torch.Tensor):
@@ -43,6 +48,8 @@ def decoupled_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), unweighted and without T^2; float32."""
+    import torch
+
     t = temperature
     log_ps = torch.log_softmax(student_logits.float() / t, dim=1)
     log_pt = torch.log_softmax(teacher_logits.float() / t, dim=1)

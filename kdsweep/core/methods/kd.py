@@ -13,10 +13,12 @@ CE_WEIGHT 0.1). Bit-identical to ``kdsweep.core.losses.kd_loss`` for alpha > 0.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from kdsweep.core.losses import soft_kl
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 def kd_terms(
@@ -28,6 +30,8 @@ def kd_terms(
     *,
     label_smoothing: float = 0.0,
 ) -> Terms:
+    from kdsweep.core.losses import soft_kl  # torch, imported on use (see methods/base.py)
+
     alpha = params["alpha"]
     ce = hard_ce(student_logits, targets, label_smoothing)
     return {

@@ -19,10 +19,12 @@ ce_weight 1.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
+
+if TYPE_CHECKING:
+    import torch
 
 EPS = 1e-7  # added to the std, as in the reference; keeps constant logits finite
 
@@ -42,6 +44,8 @@ def lskd_terms(
     *,
     label_smoothing: float = 0.0,
 ) -> Terms:
+    import torch.nn.functional as F  # on use, so that declaring the method imports no torch (see methods/base.py)
+
     t = params["temperature"]
     log_ps = F.log_softmax(standardize(student_logits) / t, dim=1)
     log_pt = F.log_softmax(standardize(teacher_logits) / t, dim=1)

@@ -29,11 +29,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from torch import nn
+from kdsweep.core.models.registry import FIXED_WIDTH, MODELS
 
-from kdsweep.core.models.registry import MODELS
+if TYPE_CHECKING:
+    from torch import nn
 
 ENTRY_POINT_GROUP = "kdsweep.models"
 SCHEMES = ("torchvision", "timm")
@@ -134,7 +135,7 @@ def scales_with_width(arch: str) -> bool:
         ref = parse_arch(arch)
     except ArchError:
         return False
-    return ref.source == "builtin" and getattr(MODELS.get(ref.name), "scales_width", True)
+    return ref.source == "builtin" and ref.name not in FIXED_WIDTH
 
 
 def _file_digest(path: Path) -> str:
@@ -279,6 +280,8 @@ def build_model(arch: str, *, num_classes: int, width: float = 1.0, in_channels:
     except Exception as exc:  # noqa: BLE001 - the builder's own failure (a bad arch_args key, a bug)
         raise ArchError(f"{arch}(num_classes={num_classes}{''.join(f', {k}={v!r}' for k, v in args.items())}) "
                         f"failed: {_first_line(exc)}") from None
+    from torch import nn
+
     if not isinstance(model, nn.Module):
         raise ArchError(f"{arch} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -23,8 +23,6 @@ def torchvision_resnet18(num_classes: int, width: float = 1.0, in_channels: int 
     return model
 
 
-torchvision_resnet18.scales_width = False  # sources.scales_with_width: study validate refuses a width for it
-
 
 @MODELS.register("torchvision_resnet34")
 def torchvision_resnet34(num_classes: int, width: float = 1.0, in_channels: int = 3) -> nn.Module:
@@ -36,5 +34,3 @@ def torchvision_resnet34(num_classes: int, width: float = 1.0, in_channels: int 
 
     return torchvision.models.resnet34(weights=None, num_classes=num_classes)
 
-
-torchvision_resnet34.scales_width = False
