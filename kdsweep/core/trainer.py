@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from kdsweep.core import distributed
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
@@ -218,7 +219,9 @@ class Run:
         if cfg.distills and teacher is None and req.co_teacher is None:
             raise ValueError(f"method {cfg.method!r} needs a teacher")
         self.cfg, self.on_epoch, self.checkpoint_path = cfg, req.on_epoch, req.checkpoint_path
-        device = self.device = resolve_device(cfg.device)
+        # a data-parallel run (core/distributed.py): this process's rank, its own GPU on CUDA
+        self.ranks = ranks = distributed.current() if loaders is None and req.co_teacher is None else None
+        device = self.device = resolve_device(distributed.rank_device(cfg.device, ranks) if ranks else cfg.device)
         self.autocast = autocast_for(cfg, device)
 
         with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
@@ -238,6 +241,7 @@ class Run:
             train_loader = DeviceLoader(
                 data.train_x, data.train_y, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
                 pad=4 if cfg.augment else 0, flip=cfg.augment, **common,
+                shard=(ranks.rank, ranks.world) if ranks else None,
             )
             # big evaluation batches on a GPU: fewer launches per epoch-end evaluation
             eval_batch = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
@@ -277,7 +281,12 @@ class Run:
                     self.co._restore(saved["co"])
 
         self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
-                                 teacher, accel=req.accel, allow_graph=allow_graph)
+                                 teacher, accel=req.accel, allow_graph=allow_graph and ranks is None)
+        if ranks is not None:  # gradients averaged over the processes after each backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.runner.forward = DistributedDataParallel(
+                self.runner.forward, device_ids=[device.index] if device.type == "cuda" else None)
         self.stopped_early = bool(cfg.patience and self.bad_epochs >= cfg.patience)
         self.next_epoch = self.start_epoch
         model.train()
@@ -328,6 +337,8 @@ class Run:
         """
         if train_seconds is None:
             train_seconds = time.perf_counter() - t0
+        if self.ranks is not None:
+            return self._finish_shared(epoch, loss_sum, correct, seen, t0, train_seconds)
         co_metrics = None
         if self.co is not None:
             r = self.co.runner
@@ -341,6 +352,33 @@ class Run:
             self.co.on_epoch(co_metrics)
         if self.on_epoch is not None:
             self.on_epoch(metrics)
+        return metrics
+
+    def _finish_shared(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,
+                       train_seconds: float) -> EpochMetrics | None:
+        """``finish_epoch`` of a data-parallel run: sums over the processes, rank 0's buffers, and only
+        rank 0 evaluates, checkpoints and calls ``on_epoch``; its go-on-or-stop reaches every process."""
+        seen_t = torch.tensor(float(seen), device=self.device)
+        distributed.sum_over_ranks(loss_sum, correct, seen_t, *self.runner.term_sums.values())
+        distributed.broadcast_buffers(self.model)
+        seen = int(seen_t.item())
+        if not self.ranks.main:
+            self.next_epoch = epoch + 1
+            self.stopped_early = distributed.broadcast_flag(False, self.device)
+            return None
+        try:
+            metrics = self._close(epoch, loss_sum, correct, seen, t0, train_seconds)
+            if self.checkpoint_path is not None:
+                save_checkpoint(self.state(), Path(self.checkpoint_path))
+            if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+                self.stopped_early = True
+            if self.on_epoch is not None:
+                self.on_epoch(metrics)
+        except BaseException:  # pruned, diverged, interrupted: the other processes stop too
+            with contextlib.suppress(Exception):
+                distributed.broadcast_flag(True, self.device)
+            raise
+        distributed.broadcast_flag(self.stopped_early or self.next_epoch >= self.cfg.epochs, self.device)
         return metrics
 
     def _close(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,
