@@ -30,11 +30,11 @@ def fail(exc: KdsweepError) -> UserError:
     return UserError(str(exc))
 
 
-def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None, set_=()) -> dict:
+def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None, set_=(), processes=None) -> dict:
     """Flags win over KDSWEEP_DATA_ROOT, which wins over the spec's data root; --set goes under all."""
     return {"data_root": data_root or os.environ.get(DATA_ROOT_ENV) or None, "n_trials": n_trials,
             "storage": storage, "tracking_uri": tracking_uri, "device": device, "jobs": jobs,
-            "set": list(set_) or None}
+            "set": list(set_) or None, "processes": processes}
 
 
 def override_options(f):
@@ -46,6 +46,8 @@ def override_options(f):
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--jobs", type=int, help="Trials trained at once in this process, packed on shared "
                                               "batches and teacher forwards (spec field jobs)."),
+        click.option("--processes", type=int, help="Processes that train each run together, data parallel "
+                                                   "(DDP: NCCL on CUDA, gloo on the CPU; spec field processes)."),
         click.option("--set", "set_", multiple=True, metavar="KEY.PATH=VALUE",
                      help="Override any spec field, e.g. --set student.recipe.epochs=2 (repeatable; VALUE is YAML)."),
     ]

@@ -124,6 +124,17 @@ def load_data(spec: StudySpec) -> ImageSet:
     return hold_out(data, d.val_split, seed=d.split_seed)
 
 
+def run_trainer(spec: StudySpec):
+    """``train``, or with ``processes: N`` the same run on N data-parallel processes (core/distributed.py)."""
+    if spec.processes == 1:
+        return train
+    from functools import partial
+
+    from kdsweep.core.distributed import train_on
+
+    return partial(train_on, spec.processes)
+
+
 def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
               heartbeat: int = HEARTBEAT_SECONDS, on_open: Callable[[int], None] | None = None,
               search: bool = True, data: ImageSet | None = None) -> StudyOutcome:
@@ -173,7 +184,7 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
     trial_locks = pool.locks(locks) if pool is not None else locks  # a thread waiting on a lock: idle
     objective = Objective(spec, data, source, teacher, recorder=recorder, workdir=workdir, device=device,
-                          locks=trial_locks, train_fn=pool.train if pool is not None else train)
+                          locks=trial_locks, train_fn=pool.train if pool is not None else run_trainer(spec))
 
     def trial_loop(st: optuna.Study) -> int:
         return coordination.run_trials(st, objective, n_trials=spec.n_trials, locks=trial_locks,

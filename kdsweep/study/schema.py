@@ -342,6 +342,9 @@ class StudySpec(Strict):
     # trials trained at once in this process (threads), packed into one loop per seed: the runs of a
     # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
     jobs: Int64 = Field(default=1, ge=1, le=64)
+    # processes that train each run together, data parallel (core/distributed.py): each takes batch_size /
+    # processes images of every batch, gradients averaged; NCCL and one GPU each on CUDA, gloo on the CPU
+    processes: Int64 = Field(default=1, ge=1, le=64)
 
     @field_validator("seeds")
     @classmethod
@@ -392,6 +395,16 @@ class StudySpec(Strict):
             raise ValueError("the parameter count only changes with the student's width; "
                              "search width over two or more values")
         return v
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> "StudySpec":
+        if self.processes > 1 and self.jobs > 1:
+            raise ValueError(f"processes={self.processes} trains one run at a time on several processes; "
+                             f"jobs={self.jobs} packs several runs into one process: use one of them")
+        if self.processes > 1 and self.teacher.mode == "online":
+            raise ValueError(f"processes={self.processes}: an online teacher trains in one process; "
+                             "use teacher.mode: pretrained")
+        return self
 
     @model_validator(mode="after")
     def _online_epochs_match(self) -> "StudySpec":
