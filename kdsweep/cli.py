@@ -401,6 +401,9 @@ def cluster_options(f):
         click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Seconds between trial heartbeats, as in study worker."),
         click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing."),
+        click.option("--processes-per-worker", type=int, default=1, show_default=True,
+                     help="Processes that train each run of a worker together (DDP, one GPU each; "
+                          "the worker's --processes)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -438,12 +441,16 @@ def _launch_plan(spec_path: Path, flags: dict, *, check_data: bool):
               "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD.")
 @override_options
 def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool,
-                 cpus_per_worker, partition, account, time, sbatch_args, env_file, **flags) -> None:
+                 cpus_per_worker, partition, account, time, sbatch_args, env_file, processes_per_worker: int,
+                 **flags) -> None:
     """Submit SPEC's workers as one SLURM array job: `kdsweep study worker` per task, requeued when preempted."""
     from kdsweep.launch import command, credentials, preflight, slurm
 
+    if processes_per_worker != 1:
+        flags["processes"] = processes_per_worker
     spec, stores = _launch_plan(spec_path, flags, check_data=not dry_run)
     try:
+        command.check_processes(processes_per_worker, gpus_per_worker)
         file_env = credentials.read_env_file(env_file.resolve()) if env_file else {}
         log_dir = Path.cwd() / "mlruns" / "launch" / spec.name
         worker = [sys.executable, "-m", "kdsweep", "study", "worker", command.absolute(spec_path),
@@ -452,7 +459,8 @@ def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heart
         job = slurm.SlurmJob(study=spec.name, workers=workers, command=worker, workdir=Path.cwd(), log_dir=log_dir,
                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                              partition=partition, account=account, time=time, sbatch_args=tuple(sbatch_args),
-                             env_file=env_file.resolve() if env_file else None)
+                             env_file=env_file.resolve() if env_file else None,
+                             processes_per_worker=processes_per_worker)
         script = slurm.render_script(job)
         credentials.assert_no_secret(script, {**stores.secrets, **file_env}, "the sbatch script")
         if dry_run:
@@ -484,18 +492,22 @@ def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heart
 @click.option("--work-pvc", help="PersistentVolumeClaim (ReadWriteMany) for the workers' checkpoints, mounted at /work.")
 @override_options
 def launch_k8s(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool, image: str,
-               cpus_per_worker, namespace, backoff_limit_per_index: int, data_pvc, work_pvc, **flags) -> None:
+               cpus_per_worker, namespace, backoff_limit_per_index: int, data_pvc, work_pvc,
+               processes_per_worker: int, **flags) -> None:
     """Apply SPEC's workers as one Kubernetes Indexed Job (or print it): passwords from a Secret."""
     from kdsweep.launch import command, credentials, k8s
 
+    if processes_per_worker != 1:
+        flags["processes"] = processes_per_worker
     spec, stores = _launch_plan(spec_path, flags, check_data=False)
     try:
+        command.check_processes(processes_per_worker, gpus_per_worker)
         data_root = k8s.DATA_DIR if data_pvc and not flags["data_root"] else None
         job = k8s.K8sJob(study=spec.name, workers=workers, image=image, spec_text=spec_path.read_text(),
                          args=command.worker_args(flags, stores, heartbeat, data_root=data_root),
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                          namespace=namespace, backoff_limit_per_index=backoff_limit_per_index,
-                         data_pvc=data_pvc, work_pvc=work_pvc)
+                         data_pvc=data_pvc, work_pvc=work_pvc, processes_per_worker=processes_per_worker)
         text = k8s.to_yaml(k8s.manifests(job))
         credentials.assert_no_secret(text, stores.secrets, f"{spec_path} in the ConfigMap")
         secret = k8s.to_yaml([k8s.secret_template(job)])
