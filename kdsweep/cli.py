@@ -401,7 +401,7 @@ def cluster_options(f):
         click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Seconds between trial heartbeats, as in study worker."),
         click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing."),
-        click.option("--processes-per-worker", type=int, default=1, show_default=True,
+        click.option("--processes-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Processes that train each run of a worker together (DDP, one GPU each; "
                           "the worker's --processes)."),
     ]

@@ -233,7 +233,7 @@ def test_slurm_processes_per_worker_gives_the_worker_its_gpus_and_processes(spec
 
 @pytest.mark.parametrize("args,message", [
     (["--processes-per-worker", "2"], "--processes-per-worker=2 with --gpus-per-worker=1"),
-    (["--processes-per-worker", "0"], "--processes-per-worker=0: give 1 or more"),
+    (["--processes-per-worker", "0"], "'--processes-per-worker': 0 is not in the range x>=1"),
 ])
 def test_processes_per_worker_must_fit_the_gpus(spec, tmp_path, args, message):
     for kind in (["slurm"], ["k8s", "--image", "registry.lab/w:1"]):
