@@ -29,6 +29,7 @@ from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
 from kdsweep.core.layout import use_channels_last
+from kdsweep.core.methods import LOSSES
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.precision import autocast_for, teacher_bf16
 from kdsweep.core.step import StepRunner
@@ -259,6 +260,12 @@ class Run:
             allow_graph = False  # the teacher's steps are driven eagerly from inside the student's
         elif teacher is not None:
             teacher = teacher.for_run(data.identity, train_loader)  # a logit table only where it covers these batches
+            if hasattr(teacher, "train_loader"):  # stored soft labels (core/soft_labels.py): replay their crops
+                if not LOSSES.get(cfg.method).top_k_labels:
+                    raise KdsweepError(f"method {cfg.method!r} reads every teacher logit; stored top-k soft labels "
+                                       "serve methods that accept them (kd)")
+                train_loader = teacher.train_loader(train_loader)
+                allow_graph = False
         steps = len(train_loader)
         if steps == 0:
             raise KdsweepError(
