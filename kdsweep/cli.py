@@ -283,6 +283,44 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
                f"--set teacher.checkpoint={path}")
 
 
+@teacher.command("labels")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+def teacher_labels(spec_path: Path, **flags) -> None:
+    """Write SPEC's stored soft labels (FKD): per training image, random-resized crops and the teacher's
+    top-k probabilities on each (teacher.stored_labels, or 10 crops and top 10), once; resumes if stopped.
+
+    Trains (or reuses) the teacher first; trials of a study with teacher.stored_labels read the store.
+    """
+    import time as _time
+
+    try:
+        spec = _load(spec_path, **flags)
+        data = _preflight(spec_path, spec, stores=("tracking_uri",))
+        from kdsweep.core.trainer import resolve_device
+        from kdsweep.study.labels import stored_labels
+        from kdsweep.study.runner import train_teacher
+        from kdsweep.tracking.logger import MlflowRecorder
+
+        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
+        trained, _ = train_teacher(spec, recorder=recorder, data=data)
+        from kdsweep.core.soft_labels import LabelStore
+        from kdsweep.study.labels import store_folder
+
+        folder = store_folder(spec, data, trained.model, Path("mlruns"))
+        reused = (folder / "meta.json").exists() and LabelStore(folder).complete
+        start = _time.perf_counter()
+        store = stored_labels(spec, data, trained.model, device=str(resolve_device(spec.device)),
+                              workdir=Path("mlruns"))
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    meta = store.meta
+    click.echo(f"stored labels: {meta['images']} images x {meta['crops']} crops, top {meta['top_k']} of "
+               f"{meta['num_classes']} classes, {store.bytes_per_image:.0f} bytes per image "
+               + ("(reused)" if reused else f"({_time.perf_counter() - start:.1f} s)"))
+    click.echo(f"store: {store.folder}")
+
+
 @main.group()
 def server() -> None:
     """The MLflow tracking server."""

@@ -228,6 +228,22 @@ def _known_model(v: str) -> str:
     return v
 
 
+class StoredLabelsSpec(Strict):
+    """FKD's stored soft labels (core/soft_labels.py): per training image, ``crops`` random-resized
+    crops and the teacher's ``top_k`` probabilities on each, written once, replayed by every trial."""
+
+    crops: Int64 = Field(default=10, ge=1, le=1000)
+    top_k: Int64 = Field(default=10, ge=1, le=1000)
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("scale needs 0 < low <= high <= 1")
+        return v
+
+
 class TeacherSpec(Strict):
     arch: str
     width: float = Field(default=1.0, gt=0)
@@ -238,6 +254,8 @@ class TeacherSpec(Strict):
     # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
     # student's batches (its epochs, batch size, augmentation and seed); the rest of recipe applies
     mode: Literal["pretrained", "online"] = "pretrained"
+    # FKD: the teacher's top-k soft labels on stored crops, in place of a teacher running every step
+    stored_labels: StoredLabelsSpec | None = None
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
 
@@ -452,6 +470,20 @@ class StudySpec(Strict):
             if owner is not None and owner not in drawn:
                 raise ValueError(f"search.{name} is searched but no trial uses method {owner!r} "
                                  f"(the methods drawn: {drawn}; see search.method and student.method)")
+        return self
+
+    @model_validator(mode="after")
+    def _stored_labels_fit(self) -> "StudySpec":
+        if self.teacher.stored_labels is None:
+            return self
+        if self.teacher.mode != "pretrained":
+            raise ValueError("teacher.stored_labels are the labels of a trained teacher; use mode: pretrained")
+        refused = [m for m in self.search.methods(self.student.method)
+                   if LOSSES.get(m).needs_teacher and not LOSSES.get(m).top_k_labels]
+        if refused:
+            raise ValueError(f"teacher.stored_labels: method {refused[0]!r} reads every teacher logit, "
+                             "not top-k stored labels (methods that accept them: "
+                             f"{[m for m in LOSSES.names() if LOSSES.get(m).top_k_labels]})")
         return self
 
     @model_validator(mode="after")
