@@ -179,6 +179,7 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
         if not search and spec.confirm is None:
             raise SpecError([f"{spec_path}: confirm is not set: add confirm: {{top_k: 3, seeds: [100, 101, 102]}}"])
         data = _preflight(spec_path, spec, problems=problems)  # before any store, folder or run exists
+        _echo_loader(data)
         from kdsweep.progress import ProgressRecorder
         from kdsweep.study.runner import run_study
         from kdsweep.tracking.logger import MlflowRecorder
@@ -219,6 +220,11 @@ def _run(spec_path: Path, flags: dict, *, heartbeat: int | None = None, search: 
     _publish(spec)
     click.echo(f"report: kdsweep report {outcome.study_name} --tracking-uri {spec.tracking_uri}")
     _echo_runs_url(recorder)
+
+
+def _echo_loader(data) -> None:
+    if data.loader_note:  # data.loader auto on image files: which loader, and why (kdsweep.core.memory)
+        click.echo(f"loader: {data.loader_note}")
 
 
 def _echo_runs_url(recorder) -> None:
@@ -267,6 +273,7 @@ def teacher_train(spec_path: Path, out: Path | None, **flags) -> None:
     try:
         spec = _load(spec_path, **flags)
         data = _preflight(spec_path, spec, stores=("tracking_uri",))  # the teacher needs no Optuna study
+        _echo_loader(data)
         from kdsweep.study.runner import train_teacher
         from kdsweep.tracking.logger import MlflowRecorder
 

@@ -176,3 +176,23 @@ def test_loading_creates_nothing(tmp_path, good, monkeypatch):
     path.write_text(yaml.safe_dump(good))
     load_spec(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml", "spec.yaml"]
+
+
+@pytest.mark.parametrize("data, field, words", [
+    ({"loader": "stream"}, "data.loader='stream'", "cifar10 is read whole"),
+    ({"dataset": "imagefolder", "loader": "resident", "augment": "imagenet"}, "data.augment='imagenet'",
+     "random-resized crops need the full images"),
+    ({"augment": "imagenet"}, "data.augment='imagenet'", "cifar data uses augment: cifar"),
+    ({"memory_budget": "lots"}, "data.memory_budget='lots'", "is not a byte count"),
+    ({"workers": -1}, "data.workers=-1", "greater than or equal to 0"),
+])
+def test_loader_fields_are_checked_naming_field_and_value(tmp_path, good, data, field, words):
+    raw = with_(good, "data", {**good["data"], **data})
+    (line,) = problems_of(tmp_path, raw)
+    assert field in line and words in line, line
+
+
+def test_memory_budget_with_a_unit_is_read_as_bytes(tmp_path, good):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(with_(good, "data.memory_budget", "512MB")))
+    assert load_spec(path).data.memory_budget == 512 * 10**6

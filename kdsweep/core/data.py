@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from kdsweep.core.datasets import DATASETS, ImageSet, load_dataset, make_imageset
+from kdsweep.core import formats as _formats  # noqa: F401 - registers manifest and hf_disk in DATASETS
 from kdsweep.core.loader import Batch, DeviceLoader, augment, num_views, offsets_to_view, view_to_offsets
 from kdsweep.errors import DataError
 

@@ -36,10 +36,16 @@ class ImageSet:
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
     val_digest: str = ""  # sha256 of the held-out indices: the validation split's identity
+    loader_note: str = ""  # data.loader auto: why this loader (kdsweep.core.memory), printed by the CLI
+    loader = "resident"  # the stream loader's data is a kdsweep.core.lazyset.LazySet
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.test_x.shape[-1])
 
     @property
     def has_val(self) -> bool:

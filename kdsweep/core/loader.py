@@ -26,6 +26,8 @@ class Batch:
     y: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B] image indices into the split
     view: torch.Tensor | None  # int64 [B] augmentation id (see offsets_to_view); None when not augmented
+    # stream loader (core/stream.py): int64 [B,5] crop record (top, left, height, width, flip) in source pixels
+    crop: torch.Tensor | None = None
 
 
 def num_views(pad: int) -> int:

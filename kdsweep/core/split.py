@@ -48,6 +48,8 @@ def hold_out(data: ImageSet, val: float | int, *, seed: int = 0) -> ImageSet:
     keep = torch.ones(n, dtype=torch.bool)
     keep[val_idx] = False
     digest = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()
+    if not isinstance(data, ImageSet):  # a LazySet (stream loader): the same indices, as image lists
+        return data.held_out(keep, val_idx, digest)
     train_x, train_y = data.train_x[keep], data.train_y[keep]
     mean, std = _channel_stats(train_x)  # statistics of what is trained on
     identity = hashlib.sha256(f"{data.identity}|val:{digest}".encode()).hexdigest()

@@ -222,6 +222,8 @@ class TableTeacher:
     def covers(self, data_identity: str, loader: DeviceLoader) -> bool:
         """Same data, augmentation and precision (a bf16 table holds bf16 logits) as the online teacher's."""
         same_precision = (self.table.logits.dtype == torch.bfloat16) == self.online.bf16
+        if not isinstance(loader, DeviceLoader):  # the stream loader's crops are not a fixed set of views
+            return False
         return (loader.train and data_identity == self.table.data_identity and loader.pad == self.table.pad
                 and len(loader.x) == self.table.num_images and same_precision)
 

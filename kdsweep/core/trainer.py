@@ -237,6 +237,10 @@ class Run:
             teacher.to(device, channels_last=cfg.channels_last, bf16=teacher_bf16(cfg.precision, device))
         self.model = model
 
+        if loaders is None and data.loader == "stream":  # data larger than memory (kdsweep.core.stream)
+            from kdsweep.core.stream import stream_loaders
+
+            loaders = stream_loaders(cfg, data, device, channels_last=self.channels_last)
         if loaders is None:
             common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last)
             train_loader = DeviceLoader(
@@ -287,6 +291,7 @@ class Run:
                 if self.co is not None:
                     self.co._restore(saved["co"])
 
+        allow_graph = allow_graph and isinstance(train_loader, DeviceLoader)  # a graph replays resident draws
         self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
                                  teacher, accel=req.accel, allow_graph=allow_graph and ranks is None)
         if ranks is not None:  # gradients averaged over the processes after each backward
@@ -482,7 +487,17 @@ def evaluate_split(model: nn.Module, data: ImageSet, *, device: str = "cpu",
     model.to(dev)
     common = dict(batch_size=batch_size, device=dev, mean=data.mean, std=data.std, train=False)
     autocast = contextlib.nullcontext if dev.type == "cpu" else (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
-    train_acc = evaluate(model, DeviceLoader(data.train_x, data.train_y, **common), autocast)
-    test_acc = evaluate(model, DeviceLoader(data.test_x, data.test_y, **common), autocast)
-    val_acc = evaluate(model, DeviceLoader(data.val_x, data.val_y, **common), autocast) if data.has_val else None
+    if data.loader == "stream":  # data larger than memory (kdsweep.core.stream)
+        from kdsweep.core.stream import StreamLoader
+
+        # decoded per batch at full size: a smaller batch keeps the peak memory near training's
+        stream = {**common, "batch_size": min(batch_size, 64)}
+        loaders = [StreamLoader(items, data.options, **stream) for items in (data.train, data.test, data.val)
+                   if items is not None and len(items)]
+    else:
+        loaders = [DeviceLoader(x, y, **common) for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y),
+                                                             (data.val_x, data.val_y)) if y is not None and len(y)]
+    train_acc = evaluate(model, loaders[0], autocast)
+    test_acc = evaluate(model, loaders[1], autocast)
+    val_acc = evaluate(model, loaders[2], autocast) if data.has_val else None
     return train_acc, test_acc, val_acc

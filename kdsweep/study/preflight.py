@@ -139,7 +139,7 @@ def _student_widths(spec: StudySpec) -> list[tuple[str, float]]:
 def model_problems(spec: StudySpec, data: ImageSet) -> list[str]:
     """Every model builds at its widths, and takes the data's images."""
     problems = []
-    size = tuple(data.train_x.shape[-2:])
+    size = (data.image_size, data.image_size)
     roles = [("teacher", spec.teacher.arch, [("teacher.width", spec.teacher.width)]),
              ("student", spec.student.arch, _student_widths(spec))]
     for role, arch, widths in roles:

@@ -58,7 +58,7 @@ def describe_data(data: ImageSet, root: Path | str) -> dict[str, Any]:
                 splits.append(asdict(DataSplit(data.name, split, digest, str(Path(root).resolve()), len(labels))))
                 break
     return {"name": data.name, "identity": data.identity, "num_classes": data.num_classes,
-            "image_size": int(data.test_x.shape[-1]), "mean": list(data.mean), "std": list(data.std),
+            "image_size": data.image_size, "mean": list(data.mean), "std": list(data.std),
             "splits": splits}
 
 

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kdsweep.core.checkpoint import save_checkpoint
-from kdsweep.core.data import ImageSet, load_dataset
+from kdsweep.core.data import ImageSet
 from kdsweep.study.pool import TrainingPool
 from kdsweep.core.trainer import resolve_device, train
 from kdsweep.errors import StudyError
@@ -119,8 +119,12 @@ def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("
 
 def load_data(spec: StudySpec) -> ImageSet:
     """The study's data, with its validation split held out of the training images (``data.val_split``)."""
+    from kdsweep.core.memory import open_data
+
     d = spec.data
-    data = load_dataset(d.dataset, d.root, limit_per_file=d.limit_per_file, image_size=d.image_size)
+    data = open_data(d.dataset, d.root, loader=d.loader, memory_budget=d.memory_budget, augment=d.augment,
+                     image_size=d.image_size, workers=d.workers, max_bad_images=d.max_bad_images,
+                     limit_per_file=d.limit_per_file, image_column=d.image_column, label_column=d.label_column)
     return hold_out(data, d.val_split, seed=d.split_seed)
 
 

@@ -209,6 +209,16 @@ class DataSpec(Strict):
     # count of images; 0 only with selection: test. Fixed by the training data and split_seed.
     val_split: Union[Annotated[Int64, Field(ge=0)], Annotated[float, Field(gt=0, lt=1)]] = 0.1
     split_seed: Int64 = 0
+    # data larger than memory (issue 22; kdsweep.core.memory, kdsweep.core.stream, kdsweep.core.formats):
+    # auto = resident while the decoded splits fit memory_budget (bytes, or '512MB', '4GB', '2GiB';
+    # default a quarter of RAM), else stream (decode + augment in `workers` DataLoader processes)
+    loader: Literal["auto", "resident", "stream"] = "auto"
+    memory_budget: Union[Int64, Annotated[str, Field(max_length=40)], None] = None
+    augment: Literal["cifar", "imagenet"] = "cifar"  # what recipe.augment applies; imagenet streams
+    workers: Int64 = Field(default=2, ge=0, le=64)
+    max_bad_images: Int64 = Field(default=0, ge=0)  # corrupt images skipped mid-epoch before the run stops
+    image_column: str = Field(default="image", max_length=200)  # hf_disk
+    label_column: str = Field(default="label", max_length=200)  # hf_disk
 
     @field_validator("dataset")
     @classmethod
@@ -217,6 +227,32 @@ class DataSpec(Strict):
 
         if v not in DATASETS:
             raise ValueError(f"unknown dataset; choose from {DATASETS.names()}")
+        return v
+
+    @field_validator("loader")
+    @classmethod
+    def _streamable(cls, v: str, info) -> str:
+        from kdsweep.core.memory import STREAMABLE
+
+        dataset = info.data.get("dataset")
+        if v == "stream" and dataset is not None and dataset not in STREAMABLE:
+            raise ValueError(f"{dataset} is read whole; the stream loader reads {list(STREAMABLE)}")
+        return v
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _bytes(cls, v: int | str | None) -> int | None:
+        from kdsweep.core.memory import parse_bytes
+
+        return None if v is None else parse_bytes(v)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_fits_loader(cls, v: str, info) -> str:
+        if v == "imagenet" and info.data.get("loader") == "resident":
+            raise ValueError("random-resized crops need the full images: use data.loader stream or auto")
+        if v == "imagenet" and info.data.get("dataset") in ("cifar10", "cifar100"):
+            raise ValueError("the imagenet recipe crops full-size photos; cifar data uses augment: cifar")
         return v
 
 

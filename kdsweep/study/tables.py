@@ -46,7 +46,7 @@ def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *,
 
         return stored_source(spec, data, teacher, device=device, workdir=workdir, locks=locks)
     online = OnlineTeacher(teacher, fold_bn=True)
-    if not wants_table(spec):
+    if not wants_table(spec) or data.loader == "stream":  # no fixed set of views to tabulate
         return online
     dev = torch.device(device)
     bf16 = teacher_bf16(spec.student.recipe.precision, dev)  # what the trainer gives the online teacher

@@ -41,7 +41,7 @@ class Trained:
 def data_params(data: ImageSet) -> dict[str, str]:
     """What every run records of its data: the data set, its identity, and the validation split's identity."""
     return {"data_identity": data.identity, "dataset": data.name, "val_split": data.val_digest[:16] or "none",
-            "val_images": 0 if data.val_y is None else len(data.val_y)}
+            "val_images": 0 if data.val_y is None else len(data.val_y), "loader": data.loader}
 
 
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,

@@ -21,3 +21,14 @@ def torchvision_resnet18(num_classes: int, width: float = 1.0, in_channels: int 
         model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
+
+
+@MODELS.register("torchvision_resnet34")
+def torchvision_resnet34(num_classes: int, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    """torchvision's ImageNet ResNet-34, untrained: the teacher of studies/imagenet-resnet34-resnet18.yaml."""
+    check_args(num_classes, width, in_channels)
+    if width != 1.0 or in_channels != 3:
+        raise ValueError(f"torchvision_resnet34 takes width 1.0 and 3 channels, got {width!r} and {in_channels!r}")
+    import torchvision
+
+    return torchvision.models.resnet34(weights=None, num_classes=num_classes)
