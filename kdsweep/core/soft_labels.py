@@ -76,16 +76,38 @@ def crop_boxes(index: int, height: int, width: int, recipe: CropRecipe) -> tuple
     return boxes, flips
 
 
-def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,C,H,W] -> uint8 [B,C,H,W]: each image's box resized back to H x W, flipped where asked."""
+def crop_one(img: torch.Tensor, box, flip: bool, size) -> torch.Tensor:
+    """uint8 [C,H,W] -> uint8 [C,*size]: the box (top, left, h, w) resized to ``size``, flipped if asked."""
     from torchvision.transforms.v2 import functional as TF
 
-    h, w = images.shape[-2:]
+    top, left, bh, bw = (int(v) for v in box)
+    crop = TF.resized_crop(img, top, left, bh, bw, list(size), antialias=True)
+    return TF.horizontal_flip(crop) if flip else crop
+
+
+def apply_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,C,H,W] -> uint8 [B,C,H,W]: each image's box resized back to H x W, flipped where asked."""
+    size = images.shape[-2:]
     out = torch.empty_like(images)
-    for i, (img, (top, left, bh, bw), flip) in enumerate(zip(images, boxes.tolist(), flips.tolist())):
-        crop = TF.resized_crop(img, top, left, bh, bw, [h, w], antialias=True)
-        out[i] = TF.horizontal_flip(crop) if flip else crop
+    for i, (img, box, flip) in enumerate(zip(images, boxes.tolist(), flips.tolist())):
+        out[i] = crop_one(img, box, flip, size)
     return out
+
+
+class DecodedImages:
+    """The training images of a streamed set (core/lazyset.ImageList), decoded one at a time at their
+    own size: a stream store's boxes are in source pixels, its crops resized to ``image_size``."""
+
+    def __init__(self, items) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from kdsweep.core.stream import decode
+
+        return decode(self.items.read(i))
 
 
 def store_key(teacher: nn.Module, data_identity: str, recipe: CropRecipe, mean, std) -> str:
@@ -139,15 +161,18 @@ class LabelStore:
 
 
 @torch.no_grad()
-def write_store(teacher: nn.Module, images: torch.Tensor, mean, std, recipe: CropRecipe, folder: Path, *,
+def write_store(teacher: nn.Module, images, mean, std, recipe: CropRecipe, folder: Path, *,
                 num_classes: int, data_identity: str = "", device: torch.device | str = "cpu",
-                chunk: int = 256) -> LabelStore:
-    """Write (or finish) the store of ``teacher`` on the uint8 ``images`` in ``folder``; returns it.
+                chunk: int = 256, size: tuple[int, int] | None = None) -> LabelStore:
+    """Write (or finish) the store of ``teacher`` on ``images`` in ``folder``; returns it.
 
-    Resumes after the last chunk recorded in ``progress.json``; a complete store is returned as it is.
+    ``images``: uint8 [N,C,H,W] (resident data; crops resized back to H x W), or :class:`DecodedImages`
+    of a streamed set with ``size`` the side the model sees. Resumes after the last chunk recorded in
+    ``progress.json``; a complete store is returned as it is.
     """
     folder = Path(folder)
-    n, _, height, width = images.shape
+    n = len(images)
+    height, width = size if size is not None else tuple(images.shape[-2:])
     k = min(recipe.top_k, num_classes)
     meta = {"images": n, "crops": recipe.crops, "top_k": k, "num_classes": num_classes,
             "class_dtype": "int16" if num_classes <= 32767 else "int32", "size": [height, width],
@@ -174,11 +199,13 @@ def write_store(teacher: nn.Module, images: torch.Tensor, mean, std, recipe: Cro
     a = store.arrays
     for start in range(store.done, n, chunk):
         stop = min(start + chunk, n)
-        drawn = [crop_boxes(i, height, width, recipe) for i in range(start, stop)]
+        originals = [images[i] for i in range(start, stop)]  # decoded once for all R crops
+        drawn = [crop_boxes(i, img.shape[-2], img.shape[-1], recipe) for i, img in zip(range(start, stop), originals)]
         boxes = torch.tensor([b for b, _ in drawn], dtype=torch.int16)  # [c,R,4]
         flips = torch.tensor([f for _, f in drawn], dtype=torch.uint8)  # [c,R]
         for r in range(recipe.crops):
-            views = apply_crops(images[start:stop], boxes[:, r], flips[:, r]).to(device)
+            views = torch.stack([crop_one(img, boxes[j, r], bool(flips[j, r]), (height, width))
+                                 for j, img in enumerate(originals)]).to(device)
             probs = teacher(torch.addcmul(shift, views.float(), scale)).float().softmax(1)
             top = probs.topk(k, dim=1)
             a["classes"][start:stop, r] = top.indices.cpu().numpy().astype(a["classes"].dtype)
@@ -238,9 +265,13 @@ class StoredLabels:
         self.probs = torch.from_numpy(np.asarray(store.arrays["probs"]).astype(np.float32))
         self.device = torch.device("cpu")
 
-    def train_loader(self, base: DeviceLoader) -> StoredCropLoader:
-        """The loader a run trains on instead of ``base``: the stored crops."""
-        return StoredCropLoader(base, self.store)
+    def train_loader(self, base):
+        """The loader a run trains on instead of ``base`` (resident or stream): the stored crops."""
+        if isinstance(base, DeviceLoader):
+            return StoredCropLoader(base, self.store)
+        from kdsweep.core.stored_stream import stored_stream_loader
+
+        return stored_stream_loader(base, self.store)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         index, view = batch.index.cpu(), batch.view.cpu()

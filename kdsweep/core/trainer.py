@@ -241,6 +241,8 @@ class Run:
             from kdsweep.core.stream import stream_loaders
 
             loaders = stream_loaders(cfg, data, device, channels_last=self.channels_last)
+            if ranks is not None:
+                loaders[0].shard = (ranks.rank, ranks.world)
         if loaders is None:
             common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last)
             train_loader = DeviceLoader(

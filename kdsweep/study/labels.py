@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from kdsweep.core.data import ImageSet
-from kdsweep.core.soft_labels import CropRecipe, LabelStore, StoredLabels, store_key, write_store
+from kdsweep.core.soft_labels import CropRecipe, DecodedImages, LabelStore, StoredLabels, store_key, write_store
 from kdsweep.study.coordination import Locks, ProcessLocks
 from kdsweep.study.schema import StoredLabelsSpec
 from kdsweep.study.spec import StudySpec
@@ -31,8 +31,12 @@ def stored_labels(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *, 
     with locks.hold(f"soft-labels:{folder.name}"):  # workers of one study: one writes, the others read
         store = LabelStore(folder) if (folder / "meta.json").exists() else None
         if store is None or not store.complete:
-            store = write_store(teacher, data.train_x, data.mean, data.std, recipe_of(spec), folder,
-                                num_classes=data.num_classes, data_identity=data.identity, device=device)
+            if data.loader == "stream":  # decoded one image at a time, crops at the side the model sees
+                images, size = DecodedImages(data.train), (data.image_size, data.image_size)
+            else:
+                images, size = data.train_x, None
+            write_store(teacher, images, data.mean, data.std, recipe_of(spec), folder, num_classes=data.num_classes,
+                        data_identity=data.identity, device=device, size=size)
     return LabelStore(folder)
 
 
