@@ -7,6 +7,7 @@ MLflow logger, the server and the CLI read URLs the same way.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -42,6 +43,26 @@ def masked(url: str) -> str:
     return f"{scheme}://{user.split(':', 1)[0]}:***@{host}{slash}{path}"
 
 
+# fds of the single-writer locks this process holds. A forked child (a DataLoader worker of the
+# stream loader) shares the open file, and with it the flock: if the trainer is killed, a worker
+# alive a few seconds longer would keep the database locked against the rerun. The child closes
+# its copies at once; the parent's lock is unaffected (flock holds while any copy is open).
+_HELD: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextlib.contextmanager
 def single_writer(url: str, *, field: str) -> Iterator[None]:
     """Hold an exclusive lock on a SQLite file for as long as this process writes to it.
@@ -67,7 +88,9 @@ def single_writer(url: str, *, field: str) -> Iterator[None]:
                 f"{field}={url!r}: another kdsweep process is writing to {path}; SQLite takes one writer "
                 "at a time. To run several workers use PostgreSQL: kdsweep study worker SPEC "
                 "--storage postgresql://... --tracking-uri http://...") from None
+        _HELD.add(handle.fileno())
         try:
             yield
         finally:
+            _HELD.discard(handle.fileno())
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -223,3 +223,46 @@ def test_sigterm_stops_like_ctrl_c_and_closes_the_run_in_progress(tmp_path, subs
     assert "Resume with: kdsweep study run spec.yaml --n-trials 1" in log.read_text()
     (run,) = teacher_runs()
     assert run.info.status == "KILLED"  # closed, not left RUNNING; the rerun reopens and continues it
+
+
+def test_stream_loader_run_killed_mid_training_resumes_to_the_uninterrupted_metrics(tmp_path):
+    """The stream loader under a real SIGKILL (its worker process dies with it): `teacher train`
+    killed after its first epoch's checkpoint, rerun, logs the losses of a run never killed."""
+    from photo_layouts import write_jpeg_folder
+
+    from kdsweep.core.trainer import train
+    from kdsweep.study import space
+    from kdsweep.study.runner import load_data
+    from kdsweep.study.spec import load_spec
+
+    root = write_jpeg_folder(tmp_path / "photos", classes=3, per_class=8, val_per_class=2, size=24)
+    teacher = {"arch": "resnet8", "width": 0.25, "recipe": {"epochs": 3, "batch_size": 8, "lr": 0.05}}
+    data = {"dataset": "imagefolder", "root": str(root), "loader": "stream", "augment": "imagenet",
+            "image_size": 16, "workers": 1, "val_split": 3}
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    spec = write_spec(killed / "spec.yaml", root, name="streamed", teacher=teacher, data=data,
+                      student={**STUDENT, "recipe": {**STUDENT["recipe"], "batch_size": 8}})
+    log = killed / "first-run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "teacher", "train", "spec.yaml"], cwd=killed,
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
+    try:  # after epoch 1's checkpoint, before the run ends
+        signal_when(proc, lambda: any((killed / "mlruns" / "progress").glob("*.pt")), signal.SIGKILL, 900, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    # at once: the worker may outlive its trainer for a moment, and must not hold the store's lock
+    done = run_cli("teacher", "train", "spec.yaml", cwd=killed, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    (run,) = runs(killed, "streamed")["teacher"]
+    losses = history(killed, run.info.run_id, "train_loss")
+    # each epoch logged once: epoch 1's log, lost if the kill came between its checkpoint and its
+    # log, is backfilled from the checkpoint's history
+    assert [step for step, _ in losses] == [1, 2, 3]
+    # the same spec trained here, never killed: the same losses, exactly (the batches were the same)
+    parsed = load_spec(spec)
+    uninterrupted = train(space.teacher_config(parsed, "cpu"), load_data(parsed))
+    assert [loss for _, loss in losses] == [m.train_loss for m in uninterrupted.history]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,38 @@ def test_sqlite_store_refuses_a_second_writer(tmp_path):
                 pass
     with stores.single_writer(url, field="storage"):  # free again once the first writer is done
         pass
+
+
+def test_a_forked_child_does_not_keep_the_writer_lock_of_a_killed_parent(tmp_path):
+    # the stream loader's DataLoader workers are forks of the trainer: when the trainer is killed (no
+    # unlock), a worker alive a moment longer must not keep the database locked against the rerun
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    ctx = multiprocessing.get_context("fork")
+    started, stop = ctx.Event(), ctx.Event()
+
+    def worker() -> None:
+        started.set()
+        stop.wait(60)
+
+    def trainer() -> None:
+        with stores.single_writer(url, field="storage"):
+            ctx.Process(target=worker).start()
+            started.wait(60)
+            os._exit(0)  # as if killed: the lock is never released by the trainer itself
+
+    proc = ctx.Process(target=trainer)
+    proc.start()
+    deadline = time.monotonic() + 60
+    while proc.exitcode is None and time.monotonic() < deadline:  # not join(): the worker holds its sentinel
+        time.sleep(0.05)
+    try:
+        assert started.is_set()
+        with stores.single_writer(url, field="storage"):  # the worker runs on; the lock is free
+            pass
+    finally:
+        stop.set()
 
 
 def test_second_study_process_on_one_sqlite_file_is_refused(tmp_path, subset_root):

@@ -76,6 +76,8 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
     except BaseException as exc:
         recorder.fail(run_id, f"{type(exc).__name__}: {exc}", killed=isinstance(exc, KeyboardInterrupt))
         raise
+    if result.resumed_from_epoch:  # epochs checkpointed before a kill whose log was lost, as objective.py does
+        recorder.backfill(run_id, result.history[:result.resumed_from_epoch])
     final = save_checkpoint(weights_payload(cfg, data.num_classes, result.scored_model),
                             workdir / "models" / f"{role}-{key}.pt")
     summary = result.summary()
