@@ -72,7 +72,7 @@ def test_one_epoch_with_stored_labels_on_two_processes_streams_end_to_end(imagen
     runs = {r.data.tags["role"]: r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")}
     assert {"teacher", "baseline", "distilled"} <= set(runs)
     assert runs["distilled"].data.params["teacher_logits"] == "stored top-2 labels of 2 crops per image"
-    for role in ("baseline", "distilled"):  # trained on 2 processes, logged once by rank 0
+    for role in ("teacher", "baseline", "distilled"):  # trained on 2 processes, logged once by rank 0
         assert len(client.get_metric_history(runs[role].info.run_id, "val_acc")) == 1
     (store,) = (tmp_path / "mlruns" / "soft_labels").iterdir()
     assert (store / "progress.json").read_text() == '{"done": 21}'  # 8 per class x 3, less 3 held out

@@ -126,3 +126,54 @@ def test_an_unfinished_store_is_not_read(kd_data, teacher, tmp_path):
                     num_classes=kd_data.num_classes, chunk=64)
     with pytest.raises(KdsweepError, match="unfinished"):
         StoredLabels(LabelStore(tmp_path), kd_data.identity)
+
+
+KILLED_WRITER = """
+import sys, time, torch
+from kdsweep.core.data import synthetic_imageset
+from kdsweep.core.models import build_model
+from kdsweep.core.soft_labels import CropRecipe, write_store
+
+class Slow(torch.nn.Module):  # a teacher slow enough to be killed mid-store
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+    def forward(self, x):
+        time.sleep(float(sys.argv[2]))
+        return self.net(x)
+
+data = synthetic_imageset(n_train=192, n_test=64, num_classes=4, size=16, seed=0)
+torch.manual_seed(0)
+net = build_model("cnn_student", num_classes=4, width=0.5).eval()
+write_store(Slow(net), data.train_x, data.mean, data.std, CropRecipe(crops=3, top_k=2, scale=(0.35, 1.0), seed=5),
+            sys.argv[1], num_classes=4, data_identity=data.identity, chunk=64)
+"""
+
+
+def test_a_store_writer_killed_by_sigkill_resumes_to_the_same_store(store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, folder = tmp_path / "write.py", tmp_path / "labels"
+    script.write_text(KILLED_WRITER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(folder), "0.5"], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "progress.json").exists():  # the first chunk is flushed and counted
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # in chunk 2's teacher forwards
+        proc.wait(30)
+    finally:
+        proc.kill()
+    done = LabelStore(folder).done
+    assert 64 <= done < 192
+    subprocess.run([sys.executable, str(script), str(folder), "0"], env=env, check=True, timeout=120)
+    resumed = LabelStore(folder)
+    assert resumed.complete
+    for name in ("boxes", "flips", "classes", "probs"):  # the same bytes as a store written in one go
+        assert np.array_equal(resumed.arrays[name], store.arrays[name]), name

@@ -92,7 +92,8 @@ def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Pa
     if spec.teacher.checkpoint is not None:
         with locks.hold(f"teacher-checkpoint:{spec.teacher.checkpoint.name}"):
             return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
-    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks)
+    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks,
+                  train_fn=run_trainer(spec))  # processes: N trains the teacher on N processes too
 
 
 def train_teacher(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
