@@ -136,3 +136,21 @@ def test_a_run_resumes_after_a_kill_of_either_process(tmp_path, subset_root):
     assert out == {"resumed": 2, "epochs": [1, 2, 3]}
     # epoch 1 logged by the first run, 2 by the second (resumed after 1), 3 by the third: each once
     assert (tmp_path / "epochs.log").read_text().split() == ["1", "2", "3"]
+
+
+class Pruned(Exception):
+    pass
+
+
+def test_a_run_stopped_by_rank_0_on_epoch_stops_every_process(tiny_imageset):
+    # Optuna's pruner raises from on_epoch on rank 0; the other process must not wait for epoch 2
+    import multiprocessing
+
+    def prune(m):
+        raise Pruned(f"pruned at epoch {m.epoch}")
+
+    start = time.monotonic()
+    with pytest.raises(Pruned, match="epoch 1"):
+        train_on(2, TrainConfig(**{**TINY, "epochs": 5}), tiny_imageset, on_epoch=prune)
+    assert time.monotonic() - start < 120
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]  # no process left behind
