@@ -58,9 +58,13 @@ def kdsweep_loader(folder: Path, workers: int, batch: int):
 
     data = list_dataset("imagefolder", folder, options=StreamOptions(augment="imagenet", image_size=224,
                                                                      workers=workers))
-    loader = StreamLoader(data.train, data.options, batch_size=batch, device="cpu", mean=data.mean, std=data.std,
-                          train=True, seed=0)
-    return lambda epoch: (b.x for b in loader.epoch(epoch))
+
+    def epoch(e: int):
+        # a new loader per round, so its workers start within the timed epoch as the DataLoaders' do
+        loader = StreamLoader(data.train, data.options, batch_size=batch, device="cpu", mean=data.mean,
+                              std=data.std, train=True, seed=0)
+        return (b.x for b in loader.epoch(e))
+    return epoch
 
 
 def torchvision_loader(folder: Path, workers: int, batch: int, tensor_ops: bool):

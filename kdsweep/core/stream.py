@@ -140,19 +140,6 @@ def collate(samples: list) -> tuple:
     return x, y, index, view, crop, bad
 
 
-class EpochBatches:
-    """The DataLoader's batch sampler: the batches of the epoch set last (run in the training process)."""
-
-    def __init__(self, loader: "StreamLoader") -> None:
-        self.loader, self.epoch = loader, 0
-
-    def __iter__(self):
-        return iter(self.loader.batches(self.epoch))
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
 class StreamLoader:
     """Batches of a :class:`ImageList`, decoded and augmented in ``options.workers`` processes.
 
@@ -177,8 +164,6 @@ class StreamLoader:
         self.shard: tuple[int, int] | None = None  # (rank, processes) of a data-parallel run
         self.replays_views = False  # stored soft labels (core/soft_labels.py): Batch.view is the crop number
         self.dataset = StreamImages(items, options, train=train, augment=augment, seed=seed)
-        self._sampler = EpochBatches(self)
-        self._loader: DataLoader | None = None
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) / std_t
@@ -213,16 +198,12 @@ class StreamLoader:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of epoch ``epoch``; the same (seed, epoch) always gives the same batches."""
+        workers = self.options.workers
         cuda = self.device.type == "cuda"
-        self._sampler.epoch = epoch
-        if self._loader is None:
-            # one DataLoader for the run: its workers stay up between epochs (persistent), instead of
-            # forking a trainer-sized process per loader and epoch
-            workers = self.options.workers
-            self._loader = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=workers,
-                                      collate_fn=collate, pin_memory=cuda, prefetch_factor=4 if workers else None,
-                                      persistent_workers=workers > 0)
-        for x, y, index, view, crop, bad in self._loader:
+        loader = DataLoader(self.dataset, batch_sampler=self.batches(epoch), num_workers=workers,
+                            collate_fn=collate, pin_memory=cuda, prefetch_factor=4 if workers else None,
+                            persistent_workers=False)
+        for x, y, index, view, crop, bad in loader:
             if bad:
                 self._count_bad(bad)
             if x is None:
