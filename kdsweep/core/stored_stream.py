@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from kdsweep.core.soft_labels import LabelStore, crop_one
-from kdsweep.core.stream import EpochBatches, StreamImages, StreamLoader, decode
+from kdsweep.core.stream import StreamImages, StreamLoader, decode
 from kdsweep.errors import KdsweepError
 
 
@@ -58,6 +58,7 @@ def stored_stream_loader(base: StreamLoader, store: LabelStore) -> StoredCropStr
     flips = torch.from_numpy(np.asarray(store.arrays["flips"]).astype(np.bool_))
     loader.dataset = StoredCropImages(base.dataset, boxes, flips)
     loader.crops, loader.replays_views = store.meta["crops"], True
-    # its own batch sampler and DataLoader (workers decode with the stored-crop dataset)
-    loader._sampler, loader._loader = EpochBatches(loader), None
+    if hasattr(base, "_sampler"):  # a stream loader that keeps its batch sampler and DataLoader between
+        # epochs: this one needs its own (its workers decode with the stored-crop dataset)
+        loader._sampler, loader._loader = type(base._sampler)(loader), None
     return loader
