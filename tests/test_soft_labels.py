@@ -177,3 +177,13 @@ def test_a_store_writer_killed_by_sigkill_resumes_to_the_same_store(store, tmp_p
     assert resumed.complete
     for name in ("boxes", "flips", "classes", "probs"):  # the same bytes as a store written in one go
         assert np.array_equal(resumed.arrays[name], store.arrays[name]), name
+
+
+def test_other_processes_get_the_store_by_its_folder_not_its_bytes(store, kd_data):
+    import pickle
+
+    source = StoredLabels(store, kd_data.identity)
+    blob = pickle.dumps(source)  # what a DDP rank or a loader worker receives
+    assert len(blob) < 4096 < sum(a.nbytes for a in store.arrays.values())
+    copy = pickle.loads(blob)
+    assert copy.store.folder == store.folder and np.array_equal(copy.store.arrays["probs"], store.arrays["probs"])

@@ -135,6 +135,18 @@ class LabelStore:
         dtypes = {"boxes": np.int16, "flips": np.uint8, "classes": np.dtype(self.meta["class_dtype"]),
                   "probs": np.float16}
         self.arrays = {f: np.memmap(self.folder / f, dtype=dtypes[f], mode=mode, shape=shapes[f]) for f in FILES}
+        self.mode = mode
+
+    def __getstate__(self) -> dict:  # another process (DDP ranks, loader workers) maps the files itself
+        return {"folder": self.folder, "mode": "r"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["folder"], state["mode"])
+
+    def crops_of(self, index: np.ndarray, crop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(boxes int64 [B,4], flips bool [B]) of images ``index``, stored crop ``crop`` each."""
+        return (torch.from_numpy(self.arrays["boxes"][index, crop].astype(np.int64)),
+                torch.from_numpy(self.arrays["flips"][index, crop].astype(np.bool_)))
 
     @property
     def done(self) -> int:
@@ -225,10 +237,8 @@ class StoredCropLoader:
         if store.meta["images"] != len(base.x):
             raise KdsweepError(f"soft-label store {store.folder} holds {store.meta['images']} images, "
                                f"the training split {len(base.x)}")
-        self.base, self.store = base, store
+        self.base, self.store = base, store  # read per batch from the memory-mapped files
         self.device, self.batch_size, self.shard = base.device, base.batch_size, base.shard
-        self.boxes = torch.from_numpy(np.asarray(store.arrays["boxes"]).astype(np.int64))
-        self.flips = torch.from_numpy(np.asarray(store.arrays["flips"]).astype(np.bool_))
         self.x_cpu = base.x.cpu()  # the crop op runs per image on the host's copy
 
     def __len__(self) -> int:
@@ -247,7 +257,7 @@ class StoredCropLoader:
                 start, stop = start + rank * per, start + (rank + 1) * per
             index = order[start:stop]
             view = picks[index]
-            images = apply_crops(self.x_cpu[index], self.boxes[index, view], self.flips[index, view])
+            images = apply_crops(self.x_cpu[index], *self.store.crops_of(index.numpy(), view.numpy()))
             yield Batch(self.base.normalise(images.to(self.device)), self.base.y[index.to(self.device)],
                         index.to(self.device), view.to(self.device))
 
@@ -259,10 +269,8 @@ class StoredLabels:
         if not store.complete:
             raise KdsweepError(f"soft-label store {store.folder} is unfinished ({store.done} of "
                                f"{store.meta['images']} images); rerun kdsweep teacher labels")
-        self.store, self.data_identity = store, data_identity
+        self.store, self.data_identity = store, data_identity  # read per batch from the memory-mapped files
         self.num_classes = store.meta["num_classes"]
-        self.classes = torch.from_numpy(np.asarray(store.arrays["classes"]).astype(np.int64))
-        self.probs = torch.from_numpy(np.asarray(store.arrays["probs"]).astype(np.float32))
         self.device = torch.device("cpu")
 
     def train_loader(self, base):
@@ -274,8 +282,10 @@ class StoredLabels:
         return stored_stream_loader(base, self.store)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        index, view = batch.index.cpu(), batch.view.cpu()
-        idx, p = self.classes[index, view], self.probs[index, view]  # [B,k]
+        index, view = batch.index.cpu().numpy(), batch.view.cpu().numpy()
+        a = self.store.arrays
+        idx = torch.from_numpy(a["classes"][index, view].astype(np.int64))  # [B,k]
+        p = torch.from_numpy(a["probs"][index, view].astype(np.float32))
         c, k = self.num_classes, p.shape[1]
         rest = (1.0 - p.sum(1, keepdim=True)).clamp_min(0.0) / max(1, c - k)  # marginal smoothing
         full = rest.expand(-1, c).clone().scatter_(1, idx, p)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 
 from kdsweep.core.soft_labels import LabelStore, crop_one
@@ -21,9 +20,9 @@ from kdsweep.errors import KdsweepError
 class StoredCropImages(StreamImages):
     """Items are ``(index, epoch, crop)``: the image decoded, its stored crop ``crop`` cut and resized."""
 
-    def __init__(self, base: StreamImages, boxes: torch.Tensor, flips: torch.Tensor) -> None:
+    def __init__(self, base: StreamImages, store: LabelStore) -> None:
         super().__init__(base.items, base.options, train=True, augment=True, seed=base.seed)
-        self.boxes, self.flips = boxes, flips
+        self.store = store  # pickled by its folder: each worker maps the files itself
 
     def __getitem__(self, key: tuple[int, int, int]):
         i, _, r = key
@@ -32,7 +31,7 @@ class StoredCropImages(StreamImages):
         except (OSError, ValueError, RuntimeError, SyntaxError) as exc:
             return None, self.items.describe(i), str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         size = self.options.image_size
-        box, flip = self.boxes[i, r].tolist(), bool(self.flips[i, r])
+        box, flip = self.store.arrays["boxes"][i, r].tolist(), bool(self.store.arrays["flips"][i, r])
         out = crop_one(img, box, flip, (size, size))
         return out, int(self.items.labels[i]), i, r, (*box, int(flip))
 
@@ -54,9 +53,7 @@ def stored_stream_loader(base: StreamLoader, store: LabelStore) -> StoredCropStr
                            f"the training split {len(base.items)}")
     loader = copy.copy(base)
     loader.__class__ = StoredCropStream
-    boxes = torch.from_numpy(np.asarray(store.arrays["boxes"]).astype(np.int64))
-    flips = torch.from_numpy(np.asarray(store.arrays["flips"]).astype(np.bool_))
-    loader.dataset = StoredCropImages(base.dataset, boxes, flips)
+    loader.dataset = StoredCropImages(base.dataset, store)
     loader.crops, loader.replays_views = store.meta["crops"], True
     if hasattr(base, "_sampler"):  # a stream loader that keeps its batch sampler and DataLoader between
         # epochs: this one needs its own (its workers decode with the stored-crop dataset)
