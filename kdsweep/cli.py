@@ -67,11 +67,11 @@ def fail(exc: KdsweepError) -> UserError:
     return UserError(str(exc))
 
 
-def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None, set_=()) -> dict:
+def spec_overrides(data_root, n_trials, storage, tracking_uri, device, jobs=None, set_=(), processes=None) -> dict:
     """Flags win over KDSWEEP_DATA_ROOT, which wins over the spec's data root; --set goes under all."""
     return {"data_root": data_root or os.environ.get(DATA_ROOT_ENV) or None, "n_trials": n_trials,
             "storage": storage, "tracking_uri": tracking_uri, "device": device, "jobs": jobs,
-            "set": list(set_) or None}
+            "set": list(set_) or None, "processes": processes}
 
 
 def override_options(f):
@@ -83,6 +83,8 @@ def override_options(f):
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--jobs", type=int, help="Trials trained at once in this process, packed on shared "
                                               "batches and teacher forwards (spec field jobs)."),
+        click.option("--processes", type=int, help="Processes that train each run together, data parallel "
+                                                   "(DDP: NCCL on CUDA, gloo on the CPU; spec field processes)."),
         click.option("--set", "set_", multiple=True, metavar="KEY.PATH=VALUE",
                      help="Override any spec field, e.g. --set student.recipe.epochs=2 (repeatable; VALUE is YAML)."),
     ]
@@ -330,6 +332,44 @@ def store_flags_problem(*flags: tuple[str, str, str]) -> None:
         raise UserError("\n".join(problems))
 
 
+@teacher.command("labels")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@override_options
+def teacher_labels(spec_path: Path, **flags) -> None:
+    """Write SPEC's stored soft labels (FKD): per training image, random-resized crops and the teacher's
+    top-k probabilities on each (teacher.stored_labels, or 10 crops and top 10), once; resumes if stopped.
+
+    Trains (or reuses) the teacher first; trials of a study with teacher.stored_labels read the store.
+    """
+    import time as _time
+
+    try:
+        spec = _load(spec_path, **flags)
+        data = _preflight(spec_path, spec, stores=("tracking_uri",))
+        from kdsweep.core.trainer import resolve_device
+        from kdsweep.study.labels import stored_labels
+        from kdsweep.study.runner import train_teacher
+        from kdsweep.tracking.logger import MlflowRecorder
+
+        recorder = MlflowRecorder(spec.tracking_uri, artifacts=spec.artifacts)
+        trained, _ = train_teacher(spec, recorder=recorder, data=data)
+        from kdsweep.core.soft_labels import LabelStore
+        from kdsweep.study.labels import store_folder
+
+        folder = store_folder(spec, data, trained.model, Path("mlruns"))
+        reused = (folder / "meta.json").exists() and LabelStore(folder).complete
+        start = _time.perf_counter()
+        store = stored_labels(spec, data, trained.model, device=str(resolve_device(spec.device)),
+                              workdir=Path("mlruns"))
+    except KdsweepError as exc:
+        raise fail(exc) from None
+    meta = store.meta
+    click.echo(f"stored labels: {meta['images']} images x {meta['crops']} crops, top {meta['top_k']} of "
+               f"{meta['num_classes']} classes, {store.bytes_per_image:.0f} bytes per image "
+               + ("(reused)" if reused else f"({_time.perf_counter() - start:.1f} s)"))
+    click.echo(f"store: {store.folder}")
+
+
 @main.group()
 def server() -> None:
     """The MLflow tracking server."""
@@ -484,6 +524,9 @@ def cluster_options(f):
         click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Seconds between trial heartbeats, as in study worker."),
         click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing."),
+        click.option("--processes-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Processes that train each run of a worker together (DDP, one GPU each; "
+                          "the worker's --processes)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -521,12 +564,16 @@ def _launch_plan(spec_path: Path, flags: dict, *, check_data: bool):
               "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD.")
 @override_options
 def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool,
-                 cpus_per_worker, partition, account, time, sbatch_args, env_file, **flags) -> None:
+                 cpus_per_worker, partition, account, time, sbatch_args, env_file, processes_per_worker: int,
+                 **flags) -> None:
     """Submit SPEC's workers as one SLURM array job: `kdsweep study worker` per task, requeued when preempted."""
     from kdsweep.launch import command, credentials, preflight, slurm
 
+    if processes_per_worker != 1:
+        flags["processes"] = processes_per_worker
     spec, stores = _launch_plan(spec_path, flags, check_data=not dry_run)
     try:
+        command.check_processes(processes_per_worker, gpus_per_worker)
         file_env = credentials.read_env_file(env_file.resolve()) if env_file else {}
         log_dir = Path.cwd() / "mlruns" / "launch" / spec.name
         worker = [sys.executable, "-m", "kdsweep", "study", "worker", command.absolute(spec_path),
@@ -535,7 +582,8 @@ def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heart
         job = slurm.SlurmJob(study=spec.name, workers=workers, command=worker, workdir=Path.cwd(), log_dir=log_dir,
                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                              partition=partition, account=account, time=time, sbatch_args=tuple(sbatch_args),
-                             env_file=env_file.resolve() if env_file else None)
+                             env_file=env_file.resolve() if env_file else None,
+                             processes_per_worker=processes_per_worker)
         script = slurm.render_script(job)
         credentials.assert_no_secret(script, {**stores.secrets, **file_env}, "the sbatch script")
         if dry_run:
@@ -567,18 +615,22 @@ def launch_slurm(spec_path: Path, workers: int, gpus_per_worker: int, mem, heart
 @click.option("--work-pvc", help="PersistentVolumeClaim (ReadWriteMany) for the workers' checkpoints, mounted at /work.")
 @override_options
 def launch_k8s(spec_path: Path, workers: int, gpus_per_worker: int, mem, heartbeat: int, dry_run: bool, image: str,
-               cpus_per_worker, namespace, backoff_limit_per_index: int, data_pvc, work_pvc, **flags) -> None:
+               cpus_per_worker, namespace, backoff_limit_per_index: int, data_pvc, work_pvc,
+               processes_per_worker: int, **flags) -> None:
     """Apply SPEC's workers as one Kubernetes Indexed Job (or print it): passwords from a Secret."""
     from kdsweep.launch import command, credentials, k8s
 
+    if processes_per_worker != 1:
+        flags["processes"] = processes_per_worker
     spec, stores = _launch_plan(spec_path, flags, check_data=False)
     try:
+        command.check_processes(processes_per_worker, gpus_per_worker)
         data_root = k8s.DATA_DIR if data_pvc and not flags["data_root"] else None
         job = k8s.K8sJob(study=spec.name, workers=workers, image=image, spec_text=spec_path.read_text(),
                          args=command.worker_args(flags, stores, heartbeat, data_root=data_root),
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                          namespace=namespace, backoff_limit_per_index=backoff_limit_per_index,
-                         data_pvc=data_pvc, work_pvc=work_pvc)
+                         data_pvc=data_pvc, work_pvc=work_pvc, processes_per_worker=processes_per_worker)
         text = k8s.to_yaml(k8s.manifests(job))
         credentials.assert_no_secret(text, stores.secrets, f"{spec_path} in the ConfigMap")
         secret = k8s.to_yaml([k8s.secret_template(job)])

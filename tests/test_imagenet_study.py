@@ -54,3 +54,25 @@ def test_one_epoch_of_the_study_streams_end_to_end(imagenet, tmp_path):
         if run.data.tags["role"] in ("teacher", "baseline", "distilled"):
             assert run.data.params["loader"] == "stream"  # `loader` is a param of every run
             assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1  # one epoch, logged once
+
+
+def test_one_epoch_with_stored_labels_on_two_processes_streams_end_to_end(imagenet, tmp_path):
+    # part 4 of issue 22: stream loader, stored soft labels (FKD) and 2 gloo processes in one run;
+    # kd only (dkd reads every logit, so the shipped kd-or-dkd search is narrowed to kd)
+    small = ["--device", "cpu", "--n-trials", "1", "--processes", "2", "--set", "data.val_split=3",
+             "--set", "data.image_size=32", "--set", "data.limit_per_file=8", "--set", "data.workers=0",
+             "--set", "search.method={choices: [kd]}", "--set", "teacher.stored_labels={crops: 2, top_k: 2}"]
+    for role in ("teacher", "student"):
+        small += ["--set", f"{role}.recipe.epochs=1", "--set", f"{role}.recipe.batch_size=8"]
+    proc = run_cli("study", "run", str(SPEC), "--data-root", str(imagenet), *small, cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("imagenet-resnet34-resnet18")
+    runs = {r.data.tags["role"]: r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")}
+    assert {"teacher", "baseline", "distilled"} <= set(runs)
+    assert runs["distilled"].data.params["teacher_logits"] == "stored top-2 labels of 2 crops per image"
+    for role in ("teacher", "baseline", "distilled"):  # trained on 2 processes, logged once by rank 0
+        assert len(client.get_metric_history(runs[role].info.run_id, "val_acc")) == 1
+    (store,) = (tmp_path / "mlruns" / "soft_labels").iterdir()
+    assert (store / "progress.json").read_text() == '{"done": 21}'  # 8 per class x 3, less 3 held out

@@ -286,3 +286,38 @@ def test_worker_image_runs_the_command_the_job_gives():
     assert container["command"][:3] == cmd[:3] == ["kdsweep", "study", "worker"]
     assert project["scripts"][cmd[0]] == "kdsweep.cli:main"
     assert container["workingDir"] == last["WORKDIR"]
+
+
+def test_slurm_processes_per_worker_gives_the_worker_its_gpus_and_processes(spec, tmp_path):
+    result = invoke("launch", "slurm", str(spec), "--workers", "2", "--gpus-per-worker", "4",
+                    "--processes-per-worker", "4", *STORE, "--dry-run", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "#SBATCH --gres=gpu:4" in lines and "#SBATCH --ntasks=1" in lines  # one task starts the 4 processes
+    worker = next(line for line in lines if "study worker" in line and not line.startswith("#"))
+    assert "--processes 4" in worker
+    assert any("4 data-parallel processes" in line for line in lines if line.startswith("# "))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--processes-per-worker", "2"], "--processes-per-worker=2 with --gpus-per-worker=1"),
+    (["--processes-per-worker", "0"], "'--processes-per-worker': 0 is not in the range x>=1"),
+])
+def test_processes_per_worker_must_fit_the_gpus(spec, tmp_path, args, message):
+    for kind in (["slurm"], ["k8s", "--image", "registry.lab/w:1"]):
+        result = invoke("launch", *kind, str(spec), "--workers", "2", *args, *STORE, "--dry-run", cwd=tmp_path)
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_k8s_processes_per_worker_gives_the_pod_gpus_processes_and_shared_memory(spec, tmp_path):
+    result = invoke("launch", "k8s", str(spec), "--workers", "2", "--image", "registry.lab/kdsweep-worker:0.1",
+                    "--gpus-per-worker", "2", "--processes-per-worker", "2", *STORE, "--dry-run", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    docs = k8s_docs(result.output)
+    assert all(problems(d) == [] for d in docs)
+    pod = docs[1]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert container["args"][container["args"].index("--processes") + 1] == "2"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]

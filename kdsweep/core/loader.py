@@ -91,7 +91,8 @@ class DeviceLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device: torch.device | str,
                  mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0, pad: int = 4,
                  flip: bool = True, drop_last: bool | None = None, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, resize: int | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, resize: int | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"x must be uint8 [N,C,H,W], got {x.dtype} {list(x.shape)}")
         if len(y) != len(x):
@@ -107,6 +108,11 @@ class DeviceLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last, self.dtype = channels_last, dtype
         self.resize = resize if resize and resize != x.shape[-1] else None  # ImageSet.input_size
+        # (rank, processes) of a data-parallel run: this process takes its slice of every global batch
+        self.shard = shard
+        if shard is not None and (not train or batch_size % shard[1] or not 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard={shard!r} needs a training loader whose batch_size={batch_size} "
+                             f"splits into {shard[1]} equal parts")
         if len(x) == 0 or (self.drop_last and len(x) < batch_size):
             raise DataError(f"split has {len(x)} images, fewer than batch_size={batch_size} with drop_last")
         self.x = x.to(self.device)
@@ -140,7 +146,12 @@ class DeviceLoader:
             return
         draws = self.draws(epoch)
         for start in range(0, len(self) * bs, bs):
-            yield self.batch_at(draws, slice(start, min(start + bs, n)))
+            stop = min(start + bs, n)
+            if self.shard is not None:  # the same global batch on every process, a slice each
+                rank, world = self.shard
+                per = (stop - start) // world
+                start, stop = start + rank * per, start + (rank + 1) * per
+            yield self.batch_at(draws, slice(start, stop))
 
     def draws(self, epoch: int) -> EpochDraws:
         """Epoch ``epoch``'s shuffle and augmentation draws, on the device (training loaders only)."""

@@ -161,6 +161,8 @@ class StreamLoader:
         self.channels_last, self.dtype = channels_last, dtype
         self.pad = PAD if augment and options.augment == "cifar" else 0
         self.bad_images = 0  # corrupt images skipped so far, over all epochs
+        self.shard: tuple[int, int] | None = None  # (rank, processes) of a data-parallel run
+        self.replays_views = False  # stored soft labels (core/soft_labels.py): Batch.view is the crop number
         self.dataset = StreamImages(items, options, train=train, augment=augment, seed=seed)
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)
@@ -184,7 +186,15 @@ class StreamLoader:
     def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         order = self.order(epoch).tolist()
         bs = self.batch_size
-        return [[(i, epoch) for i in order[s:s + bs]] for s in range(0, len(self) * bs, bs)]
+        return [self.my_share([(i, epoch) for i in order[s:s + bs]]) for s in range(0, len(self) * bs, bs)]
+
+    def my_share(self, batch: list) -> list:
+        """This process's slice of a global batch in a data-parallel run (core/distributed.py), else all of it."""
+        if self.shard is None:
+            return batch
+        rank, world = self.shard
+        per = len(batch) // world
+        return batch[rank * per:(rank + 1) * per]
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of epoch ``epoch``; the same (seed, epoch) always gives the same batches."""
@@ -199,7 +209,7 @@ class StreamLoader:
             if x is None:
                 continue
             x = self.normalise(x.to(self.device, non_blocking=cuda))
-            views = view.to(self.device) if self.train and self.augment and self.pad else None
+            views = view.to(self.device) if (self.train and self.augment and self.pad) or self.replays_views else None
             yield Batch(x, y.to(self.device, non_blocking=cuda), index.to(self.device), views,
                         crop=crop if self.train and self.augment else None)
 

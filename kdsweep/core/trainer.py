@@ -24,10 +24,12 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from kdsweep.core import distributed
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
 from kdsweep.core.layout import use_channels_last
+from kdsweep.core.methods import LOSSES
 from kdsweep.core.models import build_model, count_params
 from kdsweep.core.precision import autocast_for, teacher_bf16
 from kdsweep.core.step import StepRunner
@@ -221,7 +223,9 @@ class Run:
         if cfg.distills and teacher is None and req.co_teacher is None:
             raise ValueError(f"method {cfg.method!r} needs a teacher")
         self.cfg, self.on_epoch, self.checkpoint_path = cfg, req.on_epoch, req.checkpoint_path
-        device = self.device = resolve_device(cfg.device)
+        # a data-parallel run (core/distributed.py): this process's rank, its own GPU on CUDA
+        self.ranks = ranks = distributed.current() if loaders is None and req.co_teacher is None else None
+        device = self.device = resolve_device(distributed.rank_device(cfg.device, ranks) if ranks else cfg.device)
         self.autocast = autocast_for(cfg, device)
 
         with _INIT_LOCK:  # trials in threads: the global RNG must not interleave between seed and init
@@ -244,12 +248,15 @@ class Run:
             from kdsweep.core.stream import stream_loaders
 
             loaders = stream_loaders(cfg, data, device, channels_last=self.channels_last)
+            if ranks is not None:
+                loaders[0].shard = (ranks.rank, ranks.world)
         if loaders is None:
             common = dict(device=device, mean=data.mean, std=data.std, channels_last=self.channels_last,
                           resize=data.input_size)
             train_loader = DeviceLoader(
                 data.train_x, data.train_y, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
                 pad=4 if cfg.augment else 0, flip=cfg.augment, **common,
+                shard=(ranks.rank, ranks.world) if ranks else None,
             )
             # big evaluation batches on a GPU: fewer launches per epoch-end evaluation
             eval_batch = max(cfg.batch_size, 2048 if device.type == "cuda" else 512)
@@ -267,6 +274,12 @@ class Run:
             allow_graph = False  # the teacher's steps are driven eagerly from inside the student's
         elif teacher is not None:
             teacher = teacher.for_run(data.identity, train_loader)  # a logit table only where it covers these batches
+            if hasattr(teacher, "train_loader"):  # stored soft labels (core/soft_labels.py): replay their crops
+                if not LOSSES.get(cfg.method).top_k_labels:
+                    raise KdsweepError(f"method {cfg.method!r} reads every teacher logit; stored top-k soft labels "
+                                       "serve methods that accept them (kd)")
+                train_loader = teacher.train_loader(train_loader)
+                allow_graph = False
         steps = len(train_loader)
         if steps == 0:
             raise KdsweepError(
@@ -290,7 +303,12 @@ class Run:
 
         allow_graph = allow_graph and isinstance(train_loader, DeviceLoader)  # a graph replays resident draws
         self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
-                                 teacher, accel=req.accel, allow_graph=allow_graph)
+                                 teacher, accel=req.accel, allow_graph=allow_graph and ranks is None)
+        if ranks is not None:  # gradients averaged over the processes after each backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.runner.forward = DistributedDataParallel(
+                self.runner.forward, device_ids=[device.index] if device.type == "cuda" else None)
         self.stopped_early = bool(cfg.patience and self.bad_epochs >= cfg.patience)
         self.next_epoch = self.start_epoch
         model.train()
@@ -341,6 +359,8 @@ class Run:
         """
         if train_seconds is None:
             train_seconds = time.perf_counter() - t0
+        if self.ranks is not None:
+            return self._finish_shared(epoch, loss_sum, correct, seen, t0, train_seconds)
         co_metrics = None
         if self.co is not None:
             r = self.co.runner
@@ -354,6 +374,33 @@ class Run:
             self.co.on_epoch(co_metrics)
         if self.on_epoch is not None:
             self.on_epoch(metrics)
+        return metrics
+
+    def _finish_shared(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,
+                       train_seconds: float) -> EpochMetrics | None:
+        """``finish_epoch`` of a data-parallel run: sums over the processes, rank 0's buffers, and only
+        rank 0 evaluates, checkpoints and calls ``on_epoch``; its go-on-or-stop reaches every process."""
+        seen_t = torch.tensor(float(seen), device=self.device)
+        distributed.sum_over_ranks(loss_sum, correct, seen_t, *self.runner.term_sums.values())
+        distributed.broadcast_buffers(self.model)
+        seen = int(seen_t.item())
+        if not self.ranks.main:
+            self.next_epoch = epoch + 1
+            self.stopped_early = distributed.broadcast_flag(False, self.device)
+            return None
+        try:
+            metrics = self._close(epoch, loss_sum, correct, seen, t0, train_seconds)
+            if self.checkpoint_path is not None:
+                save_checkpoint(self.state(), Path(self.checkpoint_path))
+            if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+                self.stopped_early = True
+            if self.on_epoch is not None:
+                self.on_epoch(metrics)
+        except BaseException:  # pruned, diverged, interrupted: the other processes stop too
+            with contextlib.suppress(Exception):
+                distributed.broadcast_flag(True, self.device)
+            raise
+        distributed.broadcast_flag(self.stopped_early or self.next_epoch >= self.cfg.epochs, self.device)
         return metrics
 
     def _close(self, epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, t0: float,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kdsweep.launch.credentials import Stores
 
-PASSED = ("data_root", "n_trials", "device", "jobs")  # override flags a worker takes as they are
+PASSED = ("data_root", "n_trials", "device", "jobs", "processes")  # override flags a worker takes as they are
 STORE_KEYS = ("storage", "tracking_uri")  # always given as flags, so a --set of them is dropped
 
 
@@ -24,6 +24,17 @@ def worker_args(flags: dict, stores: Stores, heartbeat: int, *, data_root: str |
         if item.split("=", 1)[0].strip() not in STORE_KEYS:
             args += ["--set", item]
     return args
+
+
+def check_processes(processes: int, gpus: int) -> None:
+    """``--processes-per-worker``: at least 1, and on GPUs one GPU per process (NCCL's rule)."""
+    from kdsweep.errors import LaunchError
+
+    if processes < 1:
+        raise LaunchError(f"--processes-per-worker={processes}: give 1 or more")
+    if processes > 1 and gpus not in (0, processes):
+        raise LaunchError(f"--processes-per-worker={processes} with --gpus-per-worker={gpus}: each process trains "
+                          f"on a GPU of its own; give --gpus-per-worker {processes} (or 0 for CPU processes)")
 
 
 def absolute(path: Path | str | None) -> str | None:

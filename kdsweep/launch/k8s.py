@@ -49,6 +49,8 @@ class K8sJob:
     backoff_limit_per_index: int = 3
     data_pvc: str | None = None
     work_pvc: str | None = None
+    # each run on this many processes in the pod (the worker's --processes), one GPU each
+    processes_per_worker: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -116,6 +118,11 @@ def indexed_job(job: K8sJob) -> dict:
     if job.data_pvc:
         mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": job.data_pvc, "readOnly": True}})
+    if job.processes_per_worker > 1:
+        # the processes of a run rendezvous on 127.0.0.1 in the pod and pass tensors through /dev/shm,
+        # which a container gets at 64 MiB by default: too small for NCCL and DataLoader workers
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
     container = {"name": "worker", "image": job.image, "command": ["kdsweep", "study", "worker", spec_path],
                  "args": list(job.args), "workingDir": WORK_DIR, "env": _secret_env(job),
                  "volumeMounts": mounts, **({"resources": resources} if resources else {})}

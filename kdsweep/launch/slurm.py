@@ -47,6 +47,8 @@ class SlurmJob:
     time: str | None = None
     sbatch_args: tuple[str, ...] = ()
     env_file: Path | None = None
+    # each run on this many processes of the task's node (the worker's --processes), one GPU each
+    processes_per_worker: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -80,6 +82,9 @@ def render_script(job: SlurmJob) -> str:
     lines = ["#!/bin/bash",
              f"# kdsweep launch slurm: {job.workers} workers of study {job.study}, one per array task.",
              "# Written by kdsweep; passwords are not in this file (see kdsweep/launch/slurm.py).",
+             *([f"# Each run on {job.processes_per_worker} data-parallel processes started by the worker in this "
+                "task (study worker --processes), one GPU each; they rendezvous on 127.0.0.1 of the node."]
+               if job.processes_per_worker > 1 else []),
              *(f"#SBATCH {shlex.quote(x)}" for x in d), "set -u"]
     if job.env_file is not None:
         lines += [f"set -a; . {shlex.quote(str(job.env_file))}; set +a  # passwords (mode 600, checked at launch)"]

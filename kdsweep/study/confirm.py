@@ -75,6 +75,12 @@ def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: Tea
     kwargs: dict = dict(recorder=recorder, workdir=workdir, locks=locks)
     if pool is not None:  # a thread waiting for another's baseline is idle: the pool need not wait for it
         kwargs.update(locks=pool.locks(locks), train_fn=pool.train)
+    elif spec.processes > 1:  # each run on that many data-parallel processes, as in the search
+        from functools import partial
+
+        from kdsweep.core.distributed import train_on
+
+        kwargs.update(train_fn=partial(train_on, spec.processes))
 
     def unit(trial: optuna.trial.FrozenTrial, seed: int) -> Confirmation:
         values = trial.user_attrs["values"]

@@ -94,7 +94,8 @@ def get_teacher(spec: StudySpec, data: ImageSet, recorder: Recorder, workdir: Pa
         with locks.hold(f"teacher-checkpoint:{spec.teacher.checkpoint.name}"):
             return from_checkpoint(spec.teacher.checkpoint, cfg, data, recorder=recorder, tags=tags)
     params = init_params(cfg, data) if cfg.init else None
-    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks, params=params)
+    return obtain("teacher", cfg, data, recorder=recorder, workdir=workdir, tags=tags, locks=locks, params=params,
+                  train_fn=run_trainer(spec))  # processes: N trains the teacher on N processes too
 
 
 def init_params(cfg, data: ImageSet) -> dict[str, str]:
@@ -140,6 +141,17 @@ def load_data(spec: StudySpec) -> ImageSet:
                      image_size=d.image_size, workers=d.workers, max_bad_images=d.max_bad_images,
                      limit_per_file=d.limit_per_file, image_column=d.image_column, label_column=d.label_column)
     return hold_out(data, d.val_split, seed=d.split_seed)
+
+
+def run_trainer(spec: StudySpec):
+    """``train``, or with ``processes: N`` the same run on N data-parallel processes (core/distributed.py)."""
+    if spec.processes == 1:
+        return train
+    from functools import partial
+
+    from kdsweep.core.distributed import train_on
+
+    return partial(train_on, spec.processes)
 
 
 def run_study(spec: StudySpec, *, recorder: Recorder, workdir: Path = Path("mlruns"),
@@ -191,7 +203,7 @@ def _run_study(spec: StudySpec, data: ImageSet, device: str, *, recorder: Record
     pool = TrainingPool(spec.jobs) if spec.jobs > 1 else None
     trial_locks = pool.locks(locks) if pool is not None else locks  # a thread waiting on a lock: idle
     objective = Objective(spec, data, source, teacher, recorder=recorder, workdir=workdir, device=device,
-                          locks=trial_locks, train_fn=pool.train if pool is not None else train)
+                          locks=trial_locks, train_fn=pool.train if pool is not None else run_trainer(spec))
 
     def trial_loop(st: optuna.Study) -> int:
         return coordination.run_trials(st, objective, n_trials=spec.n_trials, locks=trial_locks,

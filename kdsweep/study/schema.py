@@ -282,6 +282,22 @@ def _known_model(v: str) -> str:
     return v
 
 
+class StoredLabelsSpec(Strict):
+    """FKD's stored soft labels (core/soft_labels.py): per training image, ``crops`` random-resized
+    crops and the teacher's ``top_k`` probabilities on each, written once, replayed by every trial."""
+
+    crops: Int64 = Field(default=10, ge=1, le=1000)
+    top_k: Int64 = Field(default=10, ge=1, le=1000)
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("scale needs 0 < low <= high <= 1")
+        return v
+
+
 class TeacherSpec(Strict):
     arch: str
     arch_args: dict[str, Any] = {}  # keyword arguments of the arch's builder (e.g. timm's drop_path_rate)
@@ -296,6 +312,8 @@ class TeacherSpec(Strict):
     # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
     # student's batches (its epochs, batch size, augmentation and seed); the rest of recipe applies
     mode: Literal["pretrained", "online"] = "pretrained"
+    # FKD: the teacher's top-k soft labels on stored crops, in place of a teacher running every step
+    stored_labels: StoredLabelsSpec | None = None
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
     _args = field_validator("arch_args")(classmethod(lambda cls, v: plain_args(v)))
@@ -451,6 +469,9 @@ class StudySpec(Strict):
     # seed share batches and one teacher forward per batch (core/packing.py); 1 = one trial at a time
     jobs: Int64 = Field(default=1, ge=1, le=64)
     published: Published | None = None  # a paper's numbers for these rows, shown beside the measured ones
+    # processes that train each run together, data parallel (core/distributed.py): each takes batch_size /
+    # processes images of every batch, gradients averaged; NCCL and one GPU each on CUDA, gloo on the CPU
+    processes: Int64 = Field(default=1, ge=1, le=64)
 
     @field_validator("seeds")
     @classmethod
@@ -520,6 +541,16 @@ class StudySpec(Strict):
         return v
 
     @model_validator(mode="after")
+    def _processes_fit(self) -> "StudySpec":
+        if self.processes > 1 and self.jobs > 1:
+            raise ValueError(f"processes={self.processes} trains one run at a time on several processes; "
+                             f"jobs={self.jobs} packs several runs into one process: use one of them")
+        if self.processes > 1 and self.teacher.mode == "online":
+            raise ValueError(f"processes={self.processes}: an online teacher trains in one process; "
+                             "use teacher.mode: pretrained")
+        return self
+
+    @model_validator(mode="after")
     def _online_epochs_match(self) -> "StudySpec":
         # the online teacher steps on the student's batches; a different value set for it would be ignored
         if self.teacher.mode == "online":
@@ -582,6 +613,20 @@ class StudySpec(Strict):
         elif any(v != 1.0 for v in values) and not scales_with_width(self.student.arch):
             raise ValueError(f"search.width: student.arch={self.student.arch!r} has a fixed width (only built-in "
                              "models scale); drop search.width")
+        return self
+
+    @model_validator(mode="after")
+    def _stored_labels_fit(self) -> "StudySpec":
+        if self.teacher.stored_labels is None:
+            return self
+        if self.teacher.mode != "pretrained":
+            raise ValueError("teacher.stored_labels are the labels of a trained teacher; use mode: pretrained")
+        refused = [m for m in self.search.methods(self.student.method)
+                   if LOSSES.get(m).needs_teacher and not LOSSES.get(m).top_k_labels]
+        if refused:
+            raise ValueError(f"teacher.stored_labels: method {refused[0]!r} reads every teacher logit, "
+                             "not top-k stored labels (methods that accept them: "
+                             f"{[m for m in LOSSES.names() if LOSSES.get(m).top_k_labels]})")
         return self
 
     @model_validator(mode="after")

@@ -24,7 +24,8 @@ from kdsweep.study.schema import Choices, Param, Range  # noqa: F401  (re-export
 # CLI flags that override spec fields: named in messages so a bad flag is not blamed on the file
 FLAG_FIELDS = {"data_root": ("data.root", "--data-root or $KDSWEEP_DATA_ROOT"), "n_trials": ("n_trials", "--n-trials"),
                "storage": ("storage", "--storage"), "tracking_uri": ("tracking_uri", "--tracking-uri"),
-               "device": ("device", "--device"), "jobs": ("jobs", "--jobs")}
+               "device": ("device", "--device"), "jobs": ("jobs", "--jobs"),
+               "processes": ("processes", "--processes")}
 
 
 # Bounds on what a spec can make kdsweep read, build or print: a real spec is a few kB and a few

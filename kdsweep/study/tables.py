@@ -39,7 +39,12 @@ def wants_table(spec: StudySpec) -> bool:
 
 def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *, device: str, workdir: Path,
                    locks: Locks = ProcessLocks()) -> TeacherSource:
-    """The online teacher (BatchNorm folded), or a table in front of it when :func:`wants_table`."""
+    """The online teacher (BatchNorm folded), or a table in front of it when :func:`wants_table`;
+    with ``teacher.stored_labels`` the stored crops and soft labels (study/labels.py) instead."""
+    if spec.teacher.stored_labels is not None:
+        from kdsweep.study.labels import stored_source
+
+        return stored_source(spec, data, teacher, device=device, workdir=workdir, locks=locks)
     online = OnlineTeacher(teacher, fold_bn=True)
     if not wants_table(spec) or data.loader == "stream":  # no fixed set of views to tabulate
         return online
@@ -52,5 +57,8 @@ def teacher_source(spec: StudySpec, data: ImageSet, teacher: torch.nn.Module, *,
 
 def describe_source(source: TeacherSource, cfg: TrainConfig) -> str:
     """Where a distilled run's soft targets come from, for its params: ``view table, bf16``, ``online, fp32``."""
+    if hasattr(source, "store"):  # core/soft_labels.StoredLabels
+        meta = source.store.meta
+        return f"stored top-{meta['top_k']} labels of {meta['crops']} crops per image"
     kind = "view table" if isinstance(source, TableTeacher) else "online"
     return f"{kind}, {'bf16' if teacher_bf16(cfg.precision, resolve_device(cfg.device)) else 'fp32'}"

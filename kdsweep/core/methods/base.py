@@ -75,6 +75,9 @@ class Method:
     terms: Callable[..., Terms]  # weighted terms; params is the resolved dict
     needs_teacher: bool = True
     summary: str = ""  # one line for docs and CLI listings
+    # learns from stored top-k soft labels (core/soft_labels.py: log p of the top k, the rest smoothed)
+    # as well as from full logits; False for methods that read every logit (the non-target classes)
+    top_k_labels: bool = False
 
     def param(self, name: str) -> MethodParam:
         for p in self.params:

@@ -49,5 +49,7 @@ KD = register(
         ),
         terms=kd_terms,
         summary="Hinton KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE",
+        # softmax(log p / T) of stored labels is the teacher's softmax(z / T) on its top k classes
+        top_k_labels=True,
     )
 )
