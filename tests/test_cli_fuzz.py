@@ -260,7 +260,7 @@ def test_every_command_fails_short_and_cleanly_on_mutated_flags(tmp_path):
         args, folder = cases[n]
         output = (outs / f"{n}.out").read_text("utf-8", "replace")
         codes[r["code"]] = codes.get(r["code"], 0) + 1
-        found = problems_of(r["code"], output, r["seconds"], r["rss"] - r["base"])
+        found = problems_of(r["code"], output, r["seconds"], r["rss"] - r["base"], max_seconds=MAX_SECONDS)
         if PASSWORD in output:
             found.append("a password is printed")
         made = sorted(set(listing(Path(folder))) - set(before[n]))

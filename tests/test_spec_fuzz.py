@@ -208,7 +208,7 @@ def make_case(n: int) -> tuple[Path, bytes, list[str], list[str]]:
     return source, data, args, log
 
 
-def problems_of(code: int, output: str, seconds: float, peak: int) -> list[str]:
+def problems_of(code: int, output: str, seconds: float, peak: int, *, max_seconds: float = MAX_SECONDS) -> list[str]:
     out = []
     if code not in (0, 2):
         out.append(f"exit {code}")
@@ -220,7 +220,7 @@ def problems_of(code: int, output: str, seconds: float, peak: int) -> list[str]:
     long = max((len(line) for line in output.splitlines()), default=0)
     if long > MAX_LINE:
         out.append(f"a line of {long:,} characters")
-    if seconds > MAX_SECONDS:
+    if seconds > max_seconds:
         out.append(f"{seconds:.2f} s")
     if peak > MAX_BYTES:
         out.append(f"{peak / 2**20:.0f} MB")
