@@ -39,6 +39,9 @@ class TrainConfig:
     device: str = "cpu"
     precision: Precision = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU (teacher: precision.teacher_bf16)
     channels_last: bool | None = None  # None = on for CUDA and CPU convnets (faster on both)
+    # feature methods: the layers tapped (named_modules paths); empty = the model's defaults (core/taps.py)
+    student_features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -54,6 +57,8 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range")
+        for name in ("student_features", "teacher_features"):  # a list from a spec: a hashable tuple
+            object.__setattr__(self, name, tuple(str(p) for p in getattr(self, name)))
         from kdsweep.core.methods import LOSSES
 
         # resolved once: every param of the method present, each checked against its bounds
@@ -69,6 +74,11 @@ class TrainConfig:
     def as_params(self) -> dict[str, object]:
         """Flat dict for logging (MLflow params): the method's params as ``<method>.<param>``."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "method_params"}
+        for k in ("student_features", "teacher_features"):  # left out when empty: older runs' params stay as they were
+            if not out[k]:
+                del out[k]
+            else:
+                out[k] = ",".join(out[k])
         out.update({f"{self.method}.{k}": v for k, v in sorted(self.method_params.items())})
         return out
 

@@ -68,6 +68,11 @@ class Method:
     terms: Callable[..., Terms]  # weighted terms; params is the resolved dict
     needs_teacher: bool = True
     summary: str = ""  # one line for docs and CLI listings
+    # feature methods (kdsweep.core.methods.features): what they read beside the logits ("stages",
+    # "embedding", "index"); their terms get a ``feats=Features`` keyword. Empty: a logit method.
+    taps: frozenset[str] = frozenset()
+    # builds the method's trainable modules from the tapped shapes at run start: (FeatureShapes, params) -> Module
+    connector: Callable[..., "torch.nn.Module"] | None = None
 
     def param(self, name: str) -> MethodParam:
         for p in self.params:
@@ -103,11 +108,18 @@ class Method:
         epoch: float | torch.Tensor,
         *,
         label_smoothing: float = 0.0,
+        feats=None,
     ) -> tuple[torch.Tensor, Terms]:
-        """(sum of the terms in dict order, the terms)."""
+        """(sum of the terms in dict order, the terms); ``feats``: a feature method's ``Features``."""
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"method {self.name!r} needs teacher logits")
-        terms = self.terms(student_logits, targets, teacher_logits, params, epoch, label_smoothing=label_smoothing)
+        extra = {}
+        if self.taps:
+            if feats is None:
+                raise ValueError(f"method {self.name!r} needs features ({sorted(self.taps)})")
+            extra["feats"] = feats
+        terms = self.terms(student_logits, targets, teacher_logits, params, epoch, label_smoothing=label_smoothing,
+                           **extra)
         values = iter(terms.values())
         total = next(values)
         for term in values:
