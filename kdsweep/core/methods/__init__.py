@@ -7,6 +7,6 @@ here, its import below and its test in ``tests/test_methods.py``.
 
 from kdsweep.core.methods.base import LOSSES, Method, MethodParam
 from kdsweep.core.methods import ce, dist, dkd, kd, lskd  # noqa: F401  (registers them)
-from kdsweep.core.methods import at, fitnet  # noqa: F401  (feature methods: kdsweep.core.methods.features)
+from kdsweep.core.methods import at, crd, fitnet, reviewkd, rkd  # noqa: F401  (feature methods: kdsweep.core.methods.features)
 
 __all__ = ["LOSSES", "Method", "MethodParam"]
