@@ -120,3 +120,22 @@ class FeatureDistiller:
         """Remove every hook: the finished student is exported without them."""
         self.student_tap.remove()
         self.teacher_tap.remove()
+
+
+def connector_size(cfg, teacher, data) -> int:
+    """Trainable parameters of the connector a run of ``cfg`` on ``data`` builds (0 for none), on the CPU."""
+    from kdsweep.core.methods import LOSSES
+    from kdsweep.core.models import build_model
+
+    method = LOSSES.get(cfg.method)
+    if method.connector is None:
+        return 0
+    student = build_model(cfg.arch, num_classes=data.num_classes, width=cfg.width)
+    parts = FeatureDistiller(method, dict(cfg.method_params), student, teacher, image_shape=tuple(data.train_x.shape[1:]),
+                             labels=data.train_y[:1].repeat(2), device=torch.device("cpu"), seed=cfg.seed,
+                             student_layers=cfg.student_features, teacher_layers=cfg.teacher_features,
+                             channels_last=False)
+    try:
+        return parts.connector_params
+    finally:
+        parts.close()

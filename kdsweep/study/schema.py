@@ -238,6 +238,8 @@ class TeacherSpec(Strict):
     # online: each trial and seed trains a fresh teacher on the labels beside its student, on the
     # student's batches (its epochs, batch size, augmentation and seed); the rest of recipe applies
     mode: Literal["pretrained", "online"] = "pretrained"
+    # feature methods: the teacher layers tapped (named_modules paths); empty: the family's defaults
+    features: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(default=[], max_length=MAX_ITEMS)
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
 
@@ -265,6 +267,8 @@ class _StudentBase(Strict):
     width: float = Field(default=1.0, gt=0)  # used when the search space has no width
     method: str = "kd"  # the KD method (a name in kdsweep.core.methods.LOSSES), used when not searched
     recipe: Recipe = Recipe()
+    # feature methods: the student layers tapped (named_modules paths); empty: the family's defaults
+    features: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(default=[], max_length=MAX_ITEMS)
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
 
@@ -439,6 +443,27 @@ class StudySpec(Strict):
             if owner is not None and owner not in drawn:
                 raise ValueError(f"search.{name} is searched but no trial uses method {owner!r} "
                                  f"(the methods drawn: {drawn}; see search.method and student.method)")
+        return self
+
+    @model_validator(mode="after")
+    def _feature_layers_exist(self) -> "StudySpec":
+        # a feature method's layer names checked against the models (built on the meta device: no weights)
+        from kdsweep.core.taps import check_layers
+
+        if not any(LOSSES.get(m).taps for m in self.search.methods(self.student.method)):
+            return self
+        for role, part in (("student", self.student), ("teacher", self.teacher)):
+            if part.features:
+                import torch
+
+                from kdsweep.core.models import build_model
+
+                with torch.device("meta"):
+                    net = build_model(part.arch, num_classes=10, width=part.width)
+                try:
+                    check_layers(net, part.features, f"{role}.features: {part.arch}")
+                except Exception as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="after")

@@ -109,5 +109,7 @@ def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device
     method = values["method"]
     fields = {**_recipe_fields(s.recipe), "lr": values["lr"], "ema_decay": values["ema_decay"]}
     params = {x.param: values[x.name] for x in method_searchables(method)}
+    if LOSSES.get(method).taps:  # the layers a feature method taps (empty: the models' defaults)
+        fields.update(student_features=tuple(s.features), teacher_features=tuple(spec.teacher.features))
     return TrainConfig(arch=s.arch, width=values["width"], seed=seed, device=device, method=method,
                        method_params=params, **fields)
