@@ -1,4 +1,4 @@
-"""``at``: Zagoruyko and Komodakis, "Paying More Attention to Attention: Improving the Performance
+"""``at`` (attention transfer), Zagoruyko and Komodakis, "Paying More Attention to Attention: Improving the Performance
 of Convolutional Neural Networks via Attention Transfer", ICLR 2017.
 
 A stage's spatial attention map is the channel mean of its activations to the power p, flattened
