@@ -59,8 +59,8 @@ class FeatureDistiller:
         want_emb = "embedding" in method.taps
         s_layers = list(student_layers) or (default_stages(student) if want_stages else [])
         t_layers = list(teacher_layers) or (default_stages(self.teacher_net) if want_stages else [])
-        self.student_tap = FeatureTap(student, s_layers, embedding=want_emb)
-        self.teacher_tap = FeatureTap(self.teacher_net, t_layers, embedding=want_emb)
+        self.student_tap = FeatureTap(student, s_layers, embedding=want_emb, who="student")
+        self.teacher_tap = FeatureTap(self.teacher_net, t_layers, embedding=want_emb, who="teacher")
         self.shapes = self._probe(student, image_shape, device, len(labels), labels.to(device))
         self.connector: nn.Module | None = None
         if method.connector is not None:

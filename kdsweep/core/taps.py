@@ -91,10 +91,10 @@ class FeatureTap:
     in-place op on one (none of the built-in families has one) would change what the tap holds.
     """
 
-    def __init__(self, model: nn.Module, stages: Sequence[str], *, embedding: bool = False) -> None:
+    def __init__(self, model: nn.Module, stages: Sequence[str], *, embedding: bool = False, who: str = "") -> None:
         self.paths = list(stages)
         modules = dict(model.named_modules())
-        check_layers(model, self.paths, type(model).__name__)
+        check_layers(model, self.paths, f"{who} {type(model).__name__}".strip())
         self._out: dict[int, torch.Tensor] = {}
         self.embedding: torch.Tensor | None = None
         self._handles = []
