@@ -79,7 +79,9 @@ class TrainConfig:
                 del out[k]
             else:
                 out[k] = ",".join(out[k])
-        out.update({f"{self.method}.{k}": v for k, v in sorted(self.method_params.items())})
+        # a combination's params are already named by their part (kd+at: kd.alpha, at.at_weight)
+        prefix = "" if "+" in self.method else f"{self.method}."
+        out.update({f"{prefix}{k}": v for k, v in sorted(self.method_params.items())})
         return out
 
     def fingerprint(self, *, data_identity: str, ignore: tuple[str, ...] = ("device",)) -> str:

@@ -277,9 +277,19 @@ class _StudentBase(Strict):
     def _legacy_kd_keys(cls, raw: Any) -> Any:
         return _move_legacy_kd(raw, "student")
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _combined_method(cls, v: Any) -> Any:
+        # `method: [kd, at]`: the sum of both methods' terms, the method named kd+at (core/methods/combined.py)
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return "+".join(v)
+        return v
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
+        if "+" in v:
+            LOSSES.get(v)  # a combination: its ValueError says what is wrong with it
         if v not in LOSSES:
             raise ValueError(f"unknown KD method; choose from {LOSSES.names()}")
         return v
@@ -438,6 +448,7 @@ class StudySpec(Strict):
     @model_validator(mode="after")
     def _searched_methods_drawn(self) -> "StudySpec":
         drawn = self.search.methods(self.student.method)
+        drawn = list(dict.fromkeys(part for m in drawn for part in m.split("+")))  # kd+at draws kd's and at's params
         for name, _ in self.search.items():
             owner = name.split(".", 1)[0] if "." in name else None
             if owner is not None and owner not in drawn:

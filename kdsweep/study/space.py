@@ -27,6 +27,9 @@ def teacher_config(spec: StudySpec, device: str) -> TrainConfig:
 
 def method_default(spec: StudySpec, method: str, param: str) -> float:
     """``student.<method>.<param>`` when set, else the method's published default."""
+    if "+" in method:  # a combination's param is its part's: kd+at's kd.alpha is kd's alpha
+        part, name = param.split(".", 1)
+        return method_default(spec, part, name)
     given = spec.student.method_params(method)
     return given[param] if param in given else next(p.default for p in LOSSES.get(method).params if p.name == param)
 

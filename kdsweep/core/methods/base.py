@@ -132,7 +132,34 @@ def hard_ce(student_logits: torch.Tensor, targets: torch.Tensor, label_smoothing
     return F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
 
 
-LOSSES: Registry[Method] = Registry("KD method")
+class MethodRegistry(Registry[Method]):
+    """``LOSSES``: the registered methods, and their combinations by name (``kd+at``,
+    kdsweep.core.methods.combined), built on first use; ``names()`` lists the registered ones."""
+
+    def __init__(self) -> None:
+        super().__init__("KD method")
+        self._combined: dict[str, Method] = {}
+
+    def get(self, name: str) -> Method:
+        if isinstance(name, str) and "+" in name:
+            if name not in self._combined:
+                from kdsweep.core.methods.combined import combine, split
+
+                self._combined[name] = combine(name, [super(MethodRegistry, self).get(part) for part in split(name)])
+            return self._combined[name]
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and "+" in name:
+            try:
+                self.get(name)
+            except ValueError:
+                return False
+            return True
+        return super().__contains__(name)
+
+
+LOSSES: MethodRegistry = MethodRegistry()
 
 
 def register(method: Method) -> Method:
