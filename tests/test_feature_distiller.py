@@ -89,12 +89,16 @@ def test_a_deeper_wider_teacher_pairs_with_a_different_student(method, student, 
 
 
 def test_the_connector_trains_and_the_exported_student_is_the_bare_model(data, teacher, tmp_path):
+    import pickle
+
     path = tmp_path / "run.pt"
-    cfg = student_cfg("fitnet", epochs=1, arch="cnn_student")
+    cfg = student_cfg("fitnet", epochs=1, arch="cnn_student", ema_decay=0.9)
     result = train(cfg, data, teacher=teacher, checkpoint_path=path)
     fresh = build_model("cnn_student", num_classes=4, width=0.5)
     assert result.model.state_dict().keys() == fresh.state_dict().keys()  # no connector inside
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in result.model.modules())  # hooks taken off
+    for exported in (result.model, result.scored_model):  # raw and EMA weights: hooks off, picklable (MLflow)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in exported.modules())
+        pickle.dumps(exported)
     # the regressor left its seeded start (the same run's parts built again): the student's optimizer stepped it
     from kdsweep.core.feature_distiller import FeatureDistiller
     from kdsweep.core.methods import LOSSES

@@ -265,6 +265,9 @@ class Run:
             raise KdsweepError(
                 f"batch_size={cfg.batch_size} is larger than the {len(data.train_y)} training images"
             )
+        self.ema = ema = None
+        if cfg.ema_decay > 0:  # copied before any feature hooks go on the student: the EMA model carries none
+            self.ema = ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.features: FeatureDistiller | None = None
         method = LOSSES.get(cfg.method)
         if method.taps:  # a feature method: taps, a running teacher and the method's connector
@@ -280,9 +283,6 @@ class Run:
 
         self.opt = opt = make_optimizer(cfg, model, device, connector)
         self.sched = sched = make_schedule(cfg, opt, steps)
-        self.ema = ema = None
-        if cfg.ema_decay > 0:
-            self.ema = ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
         self.history: list[EpochMetrics] = []
         self.best, self.bad_epochs, self.start_epoch = -1.0, 0, 0
