@@ -71,8 +71,9 @@ def trial_table(trials) -> tuple[list[str], list[list[str]]]:
     columns = [k for k in keys if "." not in k or len(methods) == 1]
 
     def own(t) -> str:
-        prefix = f"{t.method}."
-        return ", ".join(f"{k[len(prefix):]}={t.params[k]:.4g}" for k in sorted(t.params) if k.startswith(prefix)) or "-"
+        parts = t.method.split("+")  # a combination (kd+at) keeps each param's part: kd.alpha, at.at_weight
+        mine = [k for k in sorted(t.params) if k.split(".", 1)[0] in parts and "." in k]
+        return ", ".join(f"{k if len(parts) > 1 else k.split('.', 1)[1]}={t.params[k]:.4g}" for k in mine) or "-"
 
     header = ["trial", "method", *columns, *(["method params"] if len(methods) > 1 else []),
               "#params", "val acc %", "test acc %", "vs baseline %", "seeds"]
