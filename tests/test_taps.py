@@ -88,3 +88,13 @@ def test_the_spec_checks_feature_layers_in_one_line(tmp_path):
     lines = [p for p in err.value.problems if "features" in p]
     assert lines == [f"{spec}: teacher.features: resnet14 has no layer 'layerz.3'; closest: ['layers.3', 'layers.5', "
                      "'layers.4'] (`kdsweep models features` lists them)"]
+
+
+def test_a_feature_method_with_an_online_teacher_is_refused_at_validation():
+    from pydantic import ValidationError
+
+    from kdsweep.study.schema import StudySpec
+
+    with pytest.raises(ValidationError, match=r"method 'kd\+at' reads the teacher's features: it needs teacher.mode: pretrained"):
+        StudySpec.model_validate({"name": "t", "teacher": {"arch": "resnet8", "mode": "online"},
+                                  "student": {"arch": "resnet8", "method": "kd+at"}})

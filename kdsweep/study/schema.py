@@ -461,16 +461,22 @@ class StudySpec(Strict):
         # a feature method's layer names checked against the models (built on the meta device: no weights)
         from kdsweep.core.taps import check_layers
 
-        if not any(LOSSES.get(m).taps for m in self.search.methods(self.student.method)):
+        taps = [m for m in self.search.methods(self.student.method) if LOSSES.get(m).taps]
+        if not taps:
             return self
+        if self.teacher.mode == "online":
+            raise ValueError(f"method {taps[0]!r} reads the teacher's features: it needs teacher.mode: pretrained")
         for role, part in (("student", self.student), ("teacher", self.teacher)):
             if part.features:
                 import torch
 
                 from kdsweep.core.models import build_model
 
-                with torch.device("meta"):
-                    net = build_model(part.arch, num_classes=10, width=part.width)
+                try:
+                    with torch.device("meta"):
+                        net = build_model(part.arch, num_classes=10, width=part.width)
+                except Exception:  # a model that cannot be built without weights: checked when the run starts
+                    continue
                 try:
                     check_layers(net, part.features, f"{role}.features: {part.arch}")
                 except Exception as exc:
