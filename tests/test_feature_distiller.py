@@ -74,11 +74,11 @@ def test_resume_is_exact_with_the_connector(method, data, teacher, tmp_path):
     assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
 
 
-@pytest.mark.parametrize("method", FEATURE_METHODS)
-@pytest.mark.parametrize("student", ["resnet8", "cnn_student"])
+@pytest.mark.parametrize("method,student", [(m, "cnn_student") for m in FEATURE_METHODS] +
+                         [("fitnet", "resnet8"), ("reviewkd", "resnet8")])
 def test_a_deeper_wider_teacher_pairs_with_a_different_student(method, student, data):
     # resnet18 x0.25: 4 stages of 16..128 channels, down to 2x2 at 16px; resnet8: 3 stages, down to
-    # 4x4; cnn_student x0.5: 4 stages of 12..48 channels, down to 2x2, and a hidden layer before its head
+    # 4x4; cnn_student x0.5: another family, 4 stages of 12..48 channels, a hidden layer before its head
     torch.manual_seed(0)
     t = OnlineTeacher(build_model("resnet18", num_classes=4, width=0.25))
     cfg = student_cfg(method, arch=student, epochs=1)
