@@ -13,6 +13,13 @@ Sections (``--sections``, comma separated; default ``seed,online,table,packed``)
   packed  ``train_group`` of ``--pack`` K students of one seed (what ``jobs: K`` does in a study),
           online teacher, one teacher forward per batch for all K; student images/s of the group.
   build   seconds to compute a real view table (every view of ``--table-images`` images).
+  features  kdsweep's ``train()`` with each feature method of ``--methods`` (online teacher, eager:
+          taps, the teacher's forward and the connector in every step) beside kd with the online
+          teacher; prints each method's img/s as a fraction of that kd step (``feature_vs_kd``).
+  steps   one training step at a time, interleaved round-robin over ce (student alone), kd (online
+          teacher), each method of ``--methods`` and the teacher's forward alone, ``--rounds`` times on
+          the same batches: median ms per step. Interleaving keeps a busy, shared machine's load
+          changes out of the comparison (whole-epoch timings taken one after another do not).
   trial   one whole ``--trial-epochs`` trial on ``--images`` CIFAR-shaped images, table teacher:
           wall time of the first (cold) and of a second (warm) trial in this process.
   study   ``--study-trials`` trials with varied temperature/alpha/lr, for each ``--jobs`` K as K
@@ -180,6 +187,55 @@ def bench_packed(args, data, source, device: torch.device, k: int, label: str) -
             "students": k, "wall_s": wall}
 
 
+FEATURE_PARAMS = {"crd": {"negatives": 4096}}  # CIFAR-100's 16,384 are more images than a CPU run has
+
+
+def bench_features(args, data, source, device: torch.device) -> list[dict]:
+    """kd with the online teacher, then each feature method: same pair, data, batch size and epochs."""
+    rows = [dict(bench_trainer(args, data, source, device, "eager", "online teacher"), method="kd")]
+    for method in args.methods.split(","):
+        cfg = student_cfg(args, device, method=method, method_params=FEATURE_PARAMS.get(method, {}))
+        history = []
+        t0 = time.perf_counter()
+        result = train(cfg, data, teacher=source, accel="eager", on_epoch=history.append)
+        later = [m.images_per_second for m in history[1:]] or [history[0].images_per_second]
+        rows.append({"variant": f"kdsweep {method} (online teacher with taps, connector "
+                                f"{int(result.extras.get('connector_params', 0)):,} params), eager, bs {cfg.batch_size}",
+                     "img_per_s": statistics.median(later), "method": method, "wall_s": time.perf_counter() - t0})
+    return rows
+
+
+def bench_steps(args, data, online: OnlineTeacher, device: torch.device) -> list[dict]:
+    """Median ms per step of each method, steps interleaved round-robin on the same batches."""
+    from kdsweep.core.trainer import Run
+
+    methods = ["ce", "kd", *args.methods.split(",")]
+    runs = {}
+    for m in methods:
+        cfg = student_cfg(args, device, method=m, method_params=FEATURE_PARAMS.get(m, {}))
+        runs[m] = Run(RunRequest(cfg, None if m == "ce" else online, accel="eager"), data)
+        runs[m].runner.begin_epoch(0)
+    batches = [b for _, b in zip(range(4), runs["kd"].runner.loader.epoch(0))]
+    for m in methods:  # warm-up: allocations, the connector's first step
+        runs[m].runner.step(batches[0], None)
+    times: dict[str, list[float]] = {m: [] for m in [*methods, "teacher forward"]}
+    for r in range(args.rounds):
+        b = batches[r % len(batches)]
+        for m in [*methods, "teacher forward"]:
+            t0 = time.perf_counter()
+            if m == "teacher forward":
+                online(b)
+            else:
+                runs[m].runner.step(b, None)
+            sync(device)
+            times[m].append(time.perf_counter() - t0)
+    ms = {m: 1000 * statistics.median(ts) for m, ts in times.items()}
+    return [{"variant": f"step {m} ({'student alone' if m == 'ce' else 'online teacher' if m == 'kd' else m if m == 'teacher forward' else 'taps + connector'}), bs {args.batch_size}, median of {args.rounds}",
+             "ms_per_step": ms[m], "vs_kd": ms[m] / ms["kd"], "method": m,
+             "connector_params": int(runs[m].features.connector_params) if m in runs and runs[m].features else 0}
+            for m in times]
+
+
 def random_table(data, online: OnlineTeacher, device: torch.device) -> TableTeacher:
     dtype = torch.bfloat16 if teacher_bf16("auto", device) else torch.float32  # what compute_table would hold
     g = torch.Generator().manual_seed(0)
@@ -300,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--packing", default="threads",
                    help="study section: run K trials at once as threads, processes, or threads,processes")
     p.add_argument("--pack", default="2,4", help="packed section: students per loop to try, comma separated")
+    p.add_argument("--methods", default="fitnet,at,rkd,crd,reviewkd", help="features/steps sections: methods to time")
+    p.add_argument("--rounds", type=int, default=8, help="steps section: interleaved rounds")
     p.add_argument("--worker-trials", type=int, default=0)
     p.add_argument("--data-root", type=Path)
     p.add_argument("--out", type=Path, help="also write every row as JSON here")
@@ -362,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         for k in args.pack:
             packed_rows.append(record(lambda a, d, s, dev, kk: bench_packed(a, d, s, dev, kk, "online teacher"),
                                       args, data, online, device, k))
+    feature_rows = record(bench_features, args, data, online, device) if "features" in sections else []
+    if "steps" in sections:
+        record(bench_steps, args, data, online, device)
     if "build" in sections:
         record(bench_build, args, data, online, device)
     if "trial" in sections:
@@ -384,6 +445,10 @@ def main(argv: list[str] | None = None) -> None:
     packed_best = max((r["img_per_s"] for r in packed_rows if "img_per_s" in r), default=None)
     if base and packed_best:
         log(f"speedup_packed: {packed_best / base:.2f}x")
+    kd_online = next((r["img_per_s"] for r in feature_rows if r.get("method") == "kd"), None)
+    for r in feature_rows if isinstance(feature_rows, list) else []:
+        if kd_online and r.get("method") not in (None, "kd") and "img_per_s" in r:
+            log(f"feature_vs_kd {r['method']}: {r['img_per_s'] / kd_online:.2f}")
     if base and best:
         log(f"speedup: {best / base:.2f}x")
 

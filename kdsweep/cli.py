@@ -508,6 +508,40 @@ def models_list() -> None:
     Console().print(table)
 
 
+
+@models.command("features")
+@click.argument("arch")
+@click.option("--image-size", type=click.IntRange(8, 1024), default=32, show_default=True,
+              help="Side of the square input the shapes are computed for.")
+@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Channel multiplier of the model.")
+@click.option("--num-classes", type=click.IntRange(1), default=10, show_default=True)
+def models_features(arch: str, image_size: int, width: float, num_classes: int) -> None:
+    """Print ARCH's layer paths with their output shapes, for student.features / teacher.features.
+
+    Layers marked `stage` are the defaults a feature method taps; `embedding` is the classifier,
+    whose input is the penultimate embedding."""
+    from kdsweep.core.models import MODELS, build_model
+    from kdsweep.core.taps import FeatureError, default_stages, embedding_layer, layer_table
+
+    if arch not in MODELS:
+        raise UserError(f"ARCH={arch!r}: unknown architecture; choose from {MODELS.names()}")
+    try:
+        net = build_model(arch, num_classes=num_classes, width=width)
+        rows = layer_table(net, image_size)
+    except (ValueError, RuntimeError) as exc:  # a width it refuses, an image too small for its pools
+        raise UserError(f"{arch} at --image-size {image_size}: {str(exc).splitlines()[0]}") from None
+    try:
+        stages = set(default_stages(net))
+    except FeatureError:
+        stages = set()
+    head = embedding_layer(net)
+    wide = max(len(p) for p, _ in rows)
+    for path, shape in rows:
+        mark = "  stage" if path in stages else "  embedding" if path == head else ""
+        click.echo(f"{path:<{wide}}  {'x'.join(map(str, shape)) or '-'}{mark}")
+
+
 # -- launch: workers on a cluster (kdsweep/launch/) ------------------------------------------
 
 @main.group()

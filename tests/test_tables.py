@@ -95,3 +95,23 @@ def test_teacher_source_types_and_how_runs_record_them(tmp_path):
     name = "bf16" if bf16 else "fp32"
     assert describe_source(on, run) == f"view table, {name}" and describe_source(off, run) == f"online, {name}"
     assert describe_source(off, TrainConfig(arch="resnet8", precision="fp32")) == "online, fp32"
+
+
+def test_a_search_over_feature_methods_alone_builds_no_table():
+    # the table holds logits; feature trials run the teacher with taps in every step
+    assert not wants_table(_spec(teacher_table="on", student={"arch": "resnet8", "method": "at"}))
+    mixed = _spec(teacher_table="on", search={"method": {"choices": ["kd", "fitnet"]}})
+    assert wants_table(mixed)  # the kd trials read it
+
+
+def test_a_feature_run_records_its_connector_size(tmp_path):
+    from kdsweep.core.trainer import train
+    from kdsweep.study.tables import feature_params
+
+    data = synthetic_imageset(64, 32, num_classes=4, size=16, seed=6)
+    torch.manual_seed(0)
+    source = OnlineTeacher(build_model("resnet8", num_classes=4), fold_bn=True)
+    cfg = TrainConfig(arch="resnet8", width=0.5, epochs=1, batch_size=32, method="fitnet")
+    result = train(cfg, data, teacher=source)
+    assert feature_params(source, cfg, data) == {"connector_params": result.extras["connector_params"]} != {}
+    assert feature_params(source, TrainConfig(arch="resnet8", method="kd"), data) == {}

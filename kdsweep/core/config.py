@@ -51,6 +51,9 @@ class TrainConfig:
     arch_source: str = ""  # the builder's identity (models.identity: "builtin", "timm 1.0.31", a file's sha256)
     init: str = ""  # a weights file the model starts from (teacher.init; core/weights.py); "" = fresh init
     init_sha256: str = ""  # that file's digest: a changed file is another run
+    # feature methods: the layers tapped (named_modules paths); empty = the model's defaults (core/taps.py)
+    student_features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +73,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is out of range")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))  # a YAML list stays hashable
+        for name in ("student_features", "teacher_features"):  # a list from a spec: a hashable tuple
+            object.__setattr__(self, name, tuple(str(p) for p in getattr(self, name)))
         from kdsweep.core.methods import LOSSES
         from kdsweep.core.models.sources import identity
 
@@ -98,12 +103,19 @@ class TrainConfig:
     def as_params(self) -> dict[str, object]:
         """Flat dict for logging (MLflow params): the method's params as ``<method>.<param>``.
 
-        ``arch_args`` and ``init`` only when set, so a built-in model's params (and fingerprint) are
-        what they were before models came from other sources.
+        ``arch_args``, ``init`` and the feature layers only when set, so a built-in model's params (and
+        fingerprint) are what they were before models came from other sources and methods read features.
         """
         out = {k: v for k, v in dataclasses.asdict(self).items()
                if k != "method_params" and not (k in _SET_ONLY and v == "")}
-        out.update({f"{self.method}.{k}": v for k, v in sorted(self.method_params.items())})
+        for k in ("student_features", "teacher_features"):  # left out when empty: older runs' params stay as they were
+            if not out[k]:
+                del out[k]
+            else:
+                out[k] = ",".join(out[k])
+        # a combination's params are already named by their part (kd+at: kd.alpha, at.at_weight)
+        prefix = "" if "+" in self.method else f"{self.method}."
+        out.update({f"{prefix}{k}": v for k, v in sorted(self.method_params.items())})
         return out
 
     def fingerprint(self, *, data_identity: str, ignore: tuple[str, ...] = ("device",)) -> str:

@@ -14,7 +14,8 @@ deterministic; ``tests/test_packing.py``). A run that fails, diverges or is prun
 resumed one) and end at different ones (early stopping, fewer epochs).
 
 Steps of a packed group run eagerly: a CUDA graph covers one run (``kdsweep.core.step``), so on
-CUDA with ``accel`` graph or auto each run is trained alone (see :func:`pack_key`).
+CUDA with ``accel`` graph or auto each run is trained alone (see :func:`pack_key`). So is a run of a
+feature method (``Method.taps``): its teacher forward carries that run's own taps.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from kdsweep.core.data import ImageSet
 from kdsweep.core.layout import use_channels_last
+from kdsweep.core.methods import LOSSES
 from kdsweep.core.models import build_model
 from kdsweep.core.precision import uses_bf16
 from kdsweep.core.step import resolve_accel
@@ -43,6 +45,8 @@ def pack_key(req: RunRequest, data: ImageSet) -> tuple | None:
     cfg = req.cfg
     device = resolve_device(cfg.device)
     if resolve_accel(req.accel, device)[1]:
+        return None
+    if LOSSES.get(cfg.method).taps:  # a feature method runs its own teacher copy with taps: trained alone
         return None
     if cfg.channels_last is not None:
         layout = cfg.channels_last

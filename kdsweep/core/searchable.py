@@ -36,6 +36,11 @@ def _ema(v: float) -> str | None:
 
 
 def _method(v) -> str | None:
+    if isinstance(v, str) and "+" in v:  # a combination (kd+at): say what is wrong with it
+        try:
+            LOSSES.get(v)
+        except ValueError as exc:
+            return str(exc)
     return None if isinstance(v, str) and v in LOSSES else f"unknown KD method; choose from {LOSSES.names()}"
 
 
@@ -74,5 +79,10 @@ def by_name() -> dict[str, Searchable]:
 
 
 def method_searchables(method: str) -> list[Searchable]:
-    """The params of ``method``, as searchables."""
+    """The params of ``method``, as searchables; a combination's (``kd+at``) are its parts', each
+    searched under its part's name (``kd.alpha``) and passed on as ``<part>.<param>``."""
+    if "+" in method:
+        LOSSES.get(method)  # refuses a combination that cannot run
+        return [Searchable(s.name, s.kind, s.check, method=s.method, param=s.name, help=s.help)
+                for part in method.split("+") for s in method_searchables(part)]
     return [_from_method(method, p) for p in LOSSES.get(method).params]

@@ -89,11 +89,18 @@ class StepRunner:
     def __init__(self, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, sched,
                  make_schedule: Callable[[torch.optim.Optimizer], object], ema: AveragedModel | None,
                  loader: DeviceLoader, teacher, *, accel: str = "auto", warmup: int = 3,
-                 allow_graph: bool = True) -> None:
+                 allow_graph: bool = True, features=None) -> None:
         self.cfg, self.model, self.opt, self.sched, self.ema, self.loader = cfg, model, opt, sched, ema, loader
         self.device = loader.device
         self.steps = len(loader)
         compile_, graph = resolve_accel(accel, self.device)
+        # a feature method (kdsweep.core.feature_distiller) runs eagerly, without torch.compile: its
+        # hooks hand tensors out through Python objects, which a graph or a compiled forward would not
+        self.features = features
+        if features is not None and (compile_ or graph) and accel != "auto":
+            warnings.warn(f"accel={accel!r}: method {cfg.method!r} reads features and trains eagerly", stacklevel=2)
+        if features is not None:
+            compile_, graph = False, False
         self.blocker = graph_blocker(cfg, opt, ema) if graph else None
         # allow_graph=False: a packed group (kdsweep.core.packing) drives the steps eagerly
         self.graph_mode = graph and allow_graph and self.blocker is None
@@ -139,12 +146,17 @@ class StepRunner:
     # -- one step ------------------------------------------------------------------------------
     def _update(self, batch, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
-        if self.method.needs_teacher and teacher_logits is None:
+        feats = None
+        if self.features is not None:  # a feature method: the running teacher's logits and taps
+            teacher_logits, feats = self.features.teacher(batch)
+        elif self.method.needs_teacher and teacher_logits is None:
             teacher_logits = self.teacher(batch)  # a teacher runs in its own precision (core/precision.py)
         with self.autocast():
             logits = self.forward(batch.x)
+        if feats is not None:
+            feats = self.features.with_student(feats)
         loss, terms = self.method.loss(logits, batch.y, teacher_logits, cfg.method_params, self.epoch_t,
-                                       label_smoothing=cfg.label_smoothing)
+                                       label_smoothing=cfg.label_smoothing, feats=feats)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -191,6 +203,8 @@ class StepRunner:
 
     # -- steps driven from outside (a packed group: one batch and one teacher output for all) ----
     def _reset(self, epoch: int) -> None:
+        if self.features is not None:
+            self.features.begin_epoch(epoch, self.cfg.seed)
         self.loss_sum.zero_()
         self.correct.zero_()
         for t in self.term_sums.values():

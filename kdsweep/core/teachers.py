@@ -74,8 +74,9 @@ class OnlineTeacher:
 
     def __init__(self, model: nn.Module, *, fold_bn: bool = False) -> None:
         model = model.eval()
+        self.source_model = model  # as given, unfolded: feature methods tap its layers by name
         self.model = fold_batchnorm(model) if fold_bn else model
-        for p in self.model.parameters():
+        for p in [*self.model.parameters(), *model.parameters()]:
             p.requires_grad_(False)
         self._compiled: Callable | None = None
         self.device = torch.device("cpu")

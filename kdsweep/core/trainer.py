@@ -28,6 +28,7 @@ from kdsweep.core import distributed
 from kdsweep.core.checkpoint import load_checkpoint, save_checkpoint
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import DeviceLoader, ImageSet
+from kdsweep.core.feature_distiller import FeatureDistiller
 from kdsweep.core.layout import use_channels_last
 from kdsweep.core.methods import LOSSES
 from kdsweep.core.models import build_model, count_params
@@ -123,10 +124,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    # no weight decay on BatchNorm and biases: the usual CIFAR recipe, and it matters for tiny widths
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device,
+                   extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    # no weight decay on BatchNorm and biases: the usual CIFAR recipe, and it matters for tiny widths.
+    # ``extra``: a feature method's connector, trained by the same optimizer under the same rule
+    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.optimizer == "sgd":
@@ -285,12 +289,24 @@ class Run:
             raise KdsweepError(
                 f"batch_size={cfg.batch_size} is larger than the {len(data.train_y)} training images"
             )
-
-        self.opt = opt = make_optimizer(cfg, model, device)
-        self.sched = sched = make_schedule(cfg, opt, steps)
         self.ema = ema = None
-        if cfg.ema_decay > 0:
+        if cfg.ema_decay > 0:  # copied before any feature hooks go on the student: the EMA model carries none
             self.ema = ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.features: FeatureDistiller | None = None
+        method = LOSSES.get(cfg.method)
+        if method.taps:  # a feature method: taps, a running teacher and the method's connector
+            if self.co is not None:
+                raise KdsweepError(f"method {cfg.method!r} reads features: it needs a pretrained teacher, "
+                                   "not one trained beside the student")
+            self.features = FeatureDistiller(
+                method, dict(cfg.method_params), model, teacher, image_shape=tuple(train_loader.x.shape[1:]),
+                labels=train_loader.y, device=device, seed=cfg.seed, student_layers=cfg.student_features,
+                teacher_layers=cfg.teacher_features, channels_last=cfg.channels_last)
+            allow_graph = False
+        connector = self.features.connector if self.features is not None else None
+
+        self.opt = opt = make_optimizer(cfg, model, device, connector)
+        self.sched = sched = make_schedule(cfg, opt, steps)
 
         self.history: list[EpochMetrics] = []
         self.best, self.bad_epochs, self.start_epoch = -1.0, 0, 0
@@ -303,7 +319,8 @@ class Run:
 
         allow_graph = allow_graph and isinstance(train_loader, DeviceLoader)  # a graph replays resident draws
         self.runner = StepRunner(cfg, model, opt, sched, lambda o: make_schedule(cfg, o, steps), ema, train_loader,
-                                 teacher, accel=req.accel, allow_graph=allow_graph and ranks is None)
+                                 teacher, accel=req.accel, allow_graph=allow_graph and ranks is None,
+                                 features=self.features)
         if ranks is not None:  # gradients averaged over the processes after each backward
             from torch.nn.parallel import DistributedDataParallel
 
@@ -315,6 +332,8 @@ class Run:
 
     def _restore(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
+        if self.features is not None and self.features.connector is not None:
+            self.features.connector.load_state_dict(saved["connector"])
         if self.ema is not None and saved["ema"] is not None:
             self.ema.load_state_dict(saved["ema"])
         self.opt.load_state_dict(saved["optimizer"])
@@ -331,6 +350,8 @@ class Run:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "history": [asdict(m) for m in self.history], "best": self.best, "bad_epochs": self.bad_epochs,
             "co": self.co.state() if self.co is not None else None,
+            **({"connector": self.features.connector.state_dict()}
+               if self.features is not None and self.features.connector is not None else {}),
         }
 
     @property
@@ -445,10 +466,14 @@ class Run:
         return self.result()
 
     def result(self) -> TrainResult:
+        extras = {"cuda_graph": float(self.runner.graph is not None)}
+        if self.features is not None:  # the student leaves without hooks; the connector stays behind
+            self.features.close()
+            extras["connector_params"] = float(self.features.connector_params)
         return TrainResult(
             model=self.model, ema_model=self.ema, history=self.history, num_params=count_params(self.model),
             stopped_early=self.stopped_early, resumed_from_epoch=self.start_epoch,
-            extras={"cuda_graph": float(self.runner.graph is not None)},
+            extras=extras,
             co_teacher=self.co.result() if self.co is not None else None,
         )
 

@@ -31,7 +31,7 @@ from kdsweep.study.coordination import Locks
 from kdsweep.study.pool import TrainingPool
 from kdsweep.study.recorder import Recorder
 from kdsweep.study.spec import StudySpec
-from kdsweep.study.tables import describe_source
+from kdsweep.study.tables import describe_source, feature_params
 from kdsweep.study.teacher import Trained, obtain
 
 
@@ -89,7 +89,8 @@ def confirm(spec: StudySpec, study: optuna.Study, data: ImageSet, *, source: Tea
         base = obtain("baseline", base_cfg, data, tags={"study": spec.name, "stage": "confirm"}, **kwargs)
         cfg = space.student_config(spec, values, seed=seed, device=device)
         params = {"trial": trial.number, "baseline_run_id": base.run_id, "teacher_run_id": teacher.run_id,
-                  "teacher_logits": describe_source(source, cfg), "search_value": trial.values[0]}
+                  "teacher_logits": describe_source(source, cfg), "search_value": trial.values[0],
+                  **feature_params(source, cfg, data)}
         tags = {"study": spec.name, "trial": str(trial.number), "seed": str(seed), "stage": "confirm"}
 
         def compared(summary: RunSummary) -> RunSummary:

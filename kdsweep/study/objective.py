@@ -32,7 +32,7 @@ from kdsweep.study.online import OnlineTeacherRun
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.study.speed import LatencyBook, speed_params, with_speed
-from kdsweep.study.tables import describe_source
+from kdsweep.study.tables import describe_source, feature_params
 from kdsweep.core.checkpoint import weights_payload
 from kdsweep.core.summary import Selected
 from kdsweep.study.teacher import Trained, data_params, obtain
@@ -177,7 +177,8 @@ class Objective:
         params = {**cfg.as_params(), **data_params(self.data), **speed_params(speed), "trial": trial.number,
                   "baseline_run_id": base.run_id,
                   "teacher_run_id": online.run_id if online else self.teacher.run_id,
-                  "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg)}
+                  "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg),
+                  **({} if online else feature_params(self.source, cfg, self.data))}
         tags = {"study": self.spec.name, "trial": str(trial.number), "seed": str(seed)}
         attr = f"mlflow_run_id_seed{seed}"
         known = trial.user_attrs.get(attr)

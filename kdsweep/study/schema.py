@@ -314,6 +314,8 @@ class TeacherSpec(Strict):
     mode: Literal["pretrained", "online"] = "pretrained"
     # FKD: the teacher's top-k soft labels on stored crops, in place of a teacher running every step
     stored_labels: StoredLabelsSpec | None = None
+    # feature methods: the teacher layers tapped (named_modules paths); empty: the family's defaults
+    features: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(default=[], max_length=MAX_ITEMS)
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
     _args = field_validator("arch_args")(classmethod(lambda cls, v: plain_args(v)))
@@ -347,6 +349,8 @@ class _StudentBase(Strict):
     width: float = Field(default=1.0, gt=0)  # used when the search space has no width
     method: str = "kd"  # the KD method (a name in kdsweep.core.methods.LOSSES), used when not searched
     recipe: Recipe = Recipe()
+    # feature methods: the student layers tapped (named_modules paths); empty: the family's defaults
+    features: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(default=[], max_length=MAX_ITEMS)
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _known_model(v)))
     _args = field_validator("arch_args")(classmethod(lambda cls, v: plain_args(v)))
@@ -357,9 +361,19 @@ class _StudentBase(Strict):
     def _legacy_kd_keys(cls, raw: Any) -> Any:
         return _move_legacy_kd(raw, "student")
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _combined_method(cls, v: Any) -> Any:
+        # `method: [kd, at]`: the sum of both methods' terms, the method named kd+at (core/methods/combined.py)
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return "+".join(v)
+        return v
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
+        if "+" in v:
+            LOSSES.get(v)  # a combination: its ValueError says what is wrong with it
         if v not in LOSSES:
             raise ValueError(f"unknown KD method; choose from {LOSSES.names()}")
         return v
@@ -591,6 +605,7 @@ class StudySpec(Strict):
     @model_validator(mode="after")
     def _searched_methods_drawn(self) -> "StudySpec":
         drawn = self.search.methods(self.student.method)
+        drawn = list(dict.fromkeys(part for m in drawn for part in m.split("+")))  # kd+at draws kd's and at's params
         for name, _ in self.search.items():
             owner = name.split(".", 1)[0] if "." in name else None
             if owner is not None and owner not in drawn:
@@ -627,6 +642,33 @@ class StudySpec(Strict):
             raise ValueError(f"teacher.stored_labels: method {refused[0]!r} reads every teacher logit, "
                              "not top-k stored labels (methods that accept them: "
                              f"{[m for m in LOSSES.names() if LOSSES.get(m).top_k_labels]})")
+        return self
+
+    @model_validator(mode="after")
+    def _feature_layers_exist(self) -> "StudySpec":
+        # a feature method's layer names checked against the models (built on the meta device: no weights)
+        from kdsweep.core.taps import check_layers
+
+        taps = [m for m in self.search.methods(self.student.method) if LOSSES.get(m).taps]
+        if not taps:
+            return self
+        if self.teacher.mode == "online":
+            raise ValueError(f"method {taps[0]!r} reads the teacher's features: it needs teacher.mode: pretrained")
+        for role, part in (("student", self.student), ("teacher", self.teacher)):
+            if part.features:
+                import torch
+
+                from kdsweep.core.models import build_model
+
+                try:
+                    with torch.device("meta"):
+                        net = build_model(part.arch, num_classes=10, width=part.width)
+                except Exception:  # a model that cannot be built without weights: checked when the run starts
+                    continue
+                try:
+                    check_layers(net, part.features, f"{role}.features: {part.arch}")
+                except Exception as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="after")

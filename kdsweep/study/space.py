@@ -31,6 +31,9 @@ def teacher_config(spec: StudySpec, device: str) -> TrainConfig:
 
 def method_default(spec: StudySpec, method: str, param: str) -> float:
     """``student.<method>.<param>`` when set, else the method's published default."""
+    if "+" in method:  # a combination's param is its part's: kd+at's kd.alpha is kd's alpha
+        part, name = param.split(".", 1)
+        return method_default(spec, part, name)
     given = spec.student.method_params(method)
     return given[param] if param in given else next(p.default for p in LOSSES.get(method).params if p.name == param)
 
@@ -142,6 +145,8 @@ def student_config(spec: StudySpec, values: dict[str, Any], *, seed: int, device
     method = values["method"]
     fields = {**_recipe_fields(s.recipe), "lr": values["lr"], "ema_decay": values["ema_decay"]}
     params = {x.param: values[x.name] for x in method_searchables(method)}
+    if LOSSES.get(method).taps:  # the layers a feature method taps (empty: the models' defaults)
+        fields.update(student_features=tuple(s.features), teacher_features=tuple(spec.teacher.features))
     arch = values.get("arch", s.arch)
     return TrainConfig(arch=arch, width=values["width"], seed=seed, device=device, method=method,
                        method_params=params, arch_args=arch_args_json(arch_args_of(spec, arch)), **fields)

@@ -17,6 +17,7 @@ import torch
 
 from kdsweep.core.config import TrainConfig
 from kdsweep.core.data import ImageSet, num_views
+from kdsweep.core.methods import LOSSES
 from kdsweep.core.precision import teacher_bf16
 from kdsweep.core.teachers import OnlineTeacher, TableTeacher, TeacherSource, table_for
 from kdsweep.core.trainer import resolve_device
@@ -31,6 +32,8 @@ def wants_table(spec: StudySpec) -> bool:
     recipe = spec.student.recipe
     if spec.teacher_table == "off" or spec.teacher.mode != "pretrained" or not recipe.augment:
         return False  # no fixed teacher, or no augmented views to tabulate
+    if all(LOSSES.get(m).taps for m in spec.search.methods(spec.student.method)):
+        return False  # only feature methods: each runs the teacher itself (the table holds logits only)
     if spec.teacher_table == "on":
         return True
     online_passes = spec.n_trials * len(spec.seeds) * recipe.epochs
@@ -61,4 +64,15 @@ def describe_source(source: TeacherSource, cfg: TrainConfig) -> str:
         meta = source.store.meta
         return f"stored top-{meta['top_k']} labels of {meta['crops']} crops per image"
     kind = "view table" if isinstance(source, TableTeacher) else "online"
+    if LOSSES.get(cfg.method).taps:  # a feature method runs the teacher in every step, table or not
+        kind = "online (feature method: the teacher runs every step)"
     return f"{kind}, {'bf16' if teacher_bf16(cfg.precision, resolve_device(cfg.device)) else 'fp32'}"
+
+
+def feature_params(source: TeacherSource, cfg: TrainConfig, data: ImageSet) -> dict[str, int]:
+    """``connector_params`` of a feature method's run (its trainable parts beside the student); {} otherwise."""
+    if not LOSSES.get(cfg.method).taps:
+        return {}
+    from kdsweep.core.feature_distiller import connector_size
+
+    return {"connector_params": connector_size(cfg, source, data)}

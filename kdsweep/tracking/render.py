@@ -73,8 +73,9 @@ def trial_table(trials, *, speed: bool = False) -> tuple[list[str], list[list[st
     columns = [k for k in keys if "." not in k or len(methods) == 1]
 
     def own(t) -> str:
-        prefix = f"{t.method}."
-        return ", ".join(f"{k[len(prefix):]}={t.params[k]:.4g}" for k in sorted(t.params) if k.startswith(prefix)) or "-"
+        parts = t.method.split("+")  # a combination (kd+at) keeps each param's part: kd.alpha, at.at_weight
+        mine = [k for k in sorted(t.params) if k.split(".", 1)[0] in parts and "." in k]
+        return ", ".join(f"{k if len(parts) > 1 else k.split('.', 1)[1]}={t.params[k]:.4g}" for k in mine) or "-"
 
     archs = speed or len({t.arch for t in trials}) > 1
     header = ["trial", "method", *(["arch"] if archs else []), *columns, *(["method params"] if len(methods) > 1 else []),

@@ -9,5 +9,6 @@ no torch (method files import it inside their functions, see ``base.py``), so th
 
 from kdsweep.core.methods.base import LOSSES, Method, MethodParam
 from kdsweep.core.methods import ce, dist, dkd, kd, lskd  # noqa: F401  (registers them)
+from kdsweep.core.methods import at, crd, fitnet, reviewkd, rkd  # noqa: F401  (feature methods: kdsweep.core.methods.features)
 
 __all__ = ["LOSSES", "Method", "MethodParam"]

@@ -78,6 +78,11 @@ class Method:
     # learns from stored top-k soft labels (core/soft_labels.py: log p of the top k, the rest smoothed)
     # as well as from full logits; False for methods that read every logit (the non-target classes)
     top_k_labels: bool = False
+    # feature methods (kdsweep.core.methods.features): what they read beside the logits ("stages",
+    # "embedding", "index"); their terms get a ``feats=Features`` keyword. Empty: a logit method.
+    taps: frozenset[str] = frozenset()
+    # builds the method's trainable modules from the tapped shapes at run start: (FeatureShapes, params) -> Module
+    connector: Callable[..., "torch.nn.Module"] | None = None
 
     def param(self, name: str) -> MethodParam:
         for p in self.params:
@@ -113,11 +118,18 @@ class Method:
         epoch: float | torch.Tensor,
         *,
         label_smoothing: float = 0.0,
+        feats=None,
     ) -> tuple[torch.Tensor, Terms]:
-        """(sum of the terms in dict order, the terms)."""
+        """(sum of the terms in dict order, the terms); ``feats``: a feature method's ``Features``."""
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"method {self.name!r} needs teacher logits")
-        terms = self.terms(student_logits, targets, teacher_logits, params, epoch, label_smoothing=label_smoothing)
+        extra = {}
+        if self.taps:
+            if feats is None:
+                raise ValueError(f"method {self.name!r} needs features ({sorted(self.taps)})")
+            extra["feats"] = feats
+        terms = self.terms(student_logits, targets, teacher_logits, params, epoch, label_smoothing=label_smoothing,
+                           **extra)
         values = iter(terms.values())
         total = next(values)
         for term in values:
@@ -132,7 +144,34 @@ def hard_ce(student_logits: torch.Tensor, targets: torch.Tensor, label_smoothing
     return F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
 
 
-LOSSES: Registry[Method] = Registry("KD method")
+class MethodRegistry(Registry[Method]):
+    """``LOSSES``: the registered methods, and their combinations by name (``kd+at``,
+    kdsweep.core.methods.combined), built on first use; ``names()`` lists the registered ones."""
+
+    def __init__(self) -> None:
+        super().__init__("KD method")
+        self._combined: dict[str, Method] = {}
+
+    def get(self, name: str) -> Method:
+        if isinstance(name, str) and "+" in name:
+            if name not in self._combined:
+                from kdsweep.core.methods.combined import combine, split
+
+                self._combined[name] = combine(name, [super(MethodRegistry, self).get(part) for part in split(name)])
+            return self._combined[name]
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and "+" in name:
+            try:
+                self.get(name)
+            except ValueError:
+                return False
+            return True
+        return super().__contains__(name)
+
+
+LOSSES: MethodRegistry = MethodRegistry()
 
 
 def register(method: Method) -> Method:

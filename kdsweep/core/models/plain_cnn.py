@@ -29,13 +29,16 @@ class PlainCNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
+        ends = []  # feature distillation's defaults (kdsweep.core.taps): each stage's last ReLU
         for i, (c_out, n_convs) in enumerate(stages):
             for _ in range(n_convs):
                 layers += conv_bn_relu(c_in, c_out)
                 c_in = c_out
+            ends.append(f"features.{len(layers) - 1}")
             if i in pool_after:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
+        self.feature_stages = tuple(ends)
         self.pool = nn.AdaptiveAvgPool2d(1)
         if hidden is None:
             self.head: nn.Module = nn.Linear(c_in, num_classes)

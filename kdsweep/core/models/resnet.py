@@ -52,6 +52,10 @@ class ResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        # feature distillation's defaults (kdsweep.core.taps): the last block of each stage
+        ends = [sum(blocks[:i + 1]) - 1 for i in range(len(blocks))]
+        self.feature_stages = tuple(f"layers.{e}" for e in ends)
+        self.embedding_layer = "fc"
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
