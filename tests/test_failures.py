@@ -232,14 +232,22 @@ def test_every_training_field_enters_the_reuse_key():
                "label_smoothing": 0.1, "ema_decay": 0.9, "method": "kd", "method_params": {"alpha": 0.5}, "patience": 3,
                "augment": False, "seed": 1, "precision": "bf16", "channels_last": False,
                "arch_args": '{"zero_init":true}', "arch_source": "file /x/nets.py sha256:00", "init": __file__,
-               "init_sha256": "0" * 64}
+               "init_sha256": "0" * 64, "milestones": (2, 3), "gamma": 0.5,
+               "student_features": ("layers.1",), "teacher_features": ("layers.2",)}
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"device"}
     assert set(changed) >= fields, f"new TrainConfig fields need a case here: {fields - set(changed)}"
     key = base.fingerprint(data_identity="d")
-    for name in sorted(fields):
+    for name in sorted(fields - {"milestones", "gamma"}):
         # method_params belong to a method: changed under kd, and ce takes none
         other = {"method_params": changed[name], "method": "kd"} if name == "method_params" else {name: changed[name]}
         assert dataclasses.replace(base, **other).fingerprint(data_identity="d") != key, name
+    # the step schedule's milestones and factor count where the schedule uses them (and only there,
+    # so runs from before these fields keep their keys)
+    step = TrainConfig(arch="resnet8", schedule="multistep", milestones=(2,))
+    for name in ("milestones", "gamma"):
+        assert dataclasses.replace(step, **{name: changed[name]}).fingerprint(data_identity="d") != \
+            step.fingerprint(data_identity="d"), name
+        assert dataclasses.replace(base, **{name: changed[name]}).fingerprint(data_identity="d") == key, name
     kd = TrainConfig(arch="resnet8", method="kd")
     assert dataclasses.replace(kd, method_params={"alpha": 0.5}).fingerprint(data_identity="d") != \
         kd.fingerprint(data_identity="d")

@@ -161,6 +161,7 @@ def test_validation_split_is_logged_when_the_data_has_one(kd_data, tmp_path):
         val_y = kd_data.train_y[150:]
         val_identity = "0123456789abcdef-val"
         test_x, test_y = kd_data.test_x, kd_data.test_y
+        image_size = kd_data.image_size
 
     splits = describe_data(WithValidation(), tmp_path)["splits"]
     assert [(s["split"], s["rows"]) for s in splits] == [("train", 150), ("validation", 42), ("test", 64)]

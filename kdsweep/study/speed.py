@@ -45,14 +45,19 @@ class LatencyBook:
             return self._known[key]
 
     def measure_known(self) -> None:
-        """Time every (arch, width) the trials can draw, when they are known in advance."""
+        """Time every (arch, width) the trials can draw, when they are known in advance.
+
+        A student that fails here (out of memory, a forward that raises) is left for its trials:
+        each meets the same error and fails with its reason, and the study goes on with the others.
+        """
         ws = space.widths(self.spec)
-        for arch in space.archs(self.spec):
-            if not space.scales(arch):
-                self.of(arch, space.FIXED_WIDTH)
-            elif ws is not None:
-                for w in ws:
-                    self.of(arch, w)
+        keys = [(arch, space.FIXED_WIDTH) for arch in space.archs(self.spec) if not space.scales(arch)]
+        keys += [(arch, w) for arch in space.archs(self.spec) if space.scales(arch) for w in (ws or ())]
+        for arch, width in keys:
+            try:
+                self.of(arch, width)
+            except Exception:  # noqa: BLE001 - the trial that draws it records the failure
+                continue
 
 
 def speed_params(speed: Latency) -> dict[str, str]:
