@@ -647,18 +647,17 @@ class StudySpec(Strict):
     @model_validator(mode="after")
     def _feature_layers_exist(self) -> "StudySpec":
         # a feature method's layer names checked against the models (built on the meta device: no weights)
-        from kdsweep.core.taps import check_layers
-
         taps = [m for m in self.search.methods(self.student.method) if LOSSES.get(m).taps]
         if not taps:
             return self
         if self.teacher.mode == "online":
             raise ValueError(f"method {taps[0]!r} reads the teacher's features: it needs teacher.mode: pretrained")
         for role, part in (("student", self.student), ("teacher", self.teacher)):
-            if part.features:
+            if part.features:  # only then torch (taps.py imports it): a spec without layer names validates light
                 import torch
 
                 from kdsweep.core.models import build_model
+                from kdsweep.core.taps import check_layers
 
                 try:
                     with torch.device("meta"):

@@ -20,19 +20,25 @@ AT section): P 2, FEAT_WEIGHT 1000, CE_WEIGHT 1, over the stage outputs after th
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
 from kdsweep.core.methods.features import Features, paired
 
+if TYPE_CHECKING:
+    import torch
+
 
 def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
     """[B, C, H, W] -> [B, H*W]: the L2-normalised channel mean of |f|^p."""
+    import torch.nn.functional as F  # on use, so that declaring the method imports no torch (see methods/base.py)
+
     return F.normalize(f.float().abs().pow(p).mean(1).flatten(1), dim=1)
 
 
 def same_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch.nn.functional as F
+
     hs, ht = f_s.shape[-2:], f_t.shape[-2:]
     if hs == ht:
         return f_s, f_t
@@ -51,6 +57,8 @@ def at_terms(
     label_smoothing: float = 0.0,
     feats: Features,
 ) -> Terms:
+    import torch
+
     p = params["p"]
     total = student_logits.new_zeros((), dtype=torch.float32)
     for f_s, f_t in zip(*paired(feats.student, feats.teacher)):

@@ -18,6 +18,9 @@ and must stay light (torch alone is ~4 s and ~700 MB). So a method file imports 
 module that does, inside its functions (``import torch`` as their first line), and names torch
 types at the top only under ``TYPE_CHECKING``; tests/test_light_validate.py fails naming the
 module that imported torch otherwise. Calls are cheap: the module is already loaded by then.
+Classes that subclass a torch class (a feature method's connector, an ``nn.Module``) cannot be
+declared that way: they live in ``kdsweep/core/methods/connectors/<method>.py`` (torch imported at
+the top there), and the method's ``connector(shapes, params)`` builder imports its class inside.
 """
 
 from __future__ import annotations

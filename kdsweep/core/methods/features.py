@@ -14,10 +14,11 @@ groups" of differently deep networks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 TAPS = ("stages", "embedding", "index")  # what a method may ask for
 

@@ -10,7 +10,8 @@ onto the shape of the teacher's feature at its middle stage (the "hint"), and pu
 The paper trains the hint first and the whole student with KD after; like mdistiller (and the
 DKD/ReviewKD papers' FitNet rows) kdsweep trains both terms together from the first step.
 
-The regressor is the method's connector (``kdsweep.core.methods.features``), trained by the student's
+The regressor is the method's connector (``kdsweep.core.methods.features``; its module
+``Regressor`` is in ``kdsweep.core.methods.connectors.fitnet``), trained by the student's
 optimizer: conv -> BatchNorm -> ReLU, with the conv chosen from the two spatial sizes as in
 mdistiller's ``ConvReg``: equal sizes a 1x1 conv; a student map twice as large a 3x3 stride-2 conv;
 half as large a 4x4 stride-2 transposed conv; otherwise larger a (1 + H_s - H_t) x (1 + W_s - W_t)
@@ -25,42 +26,19 @@ FEAT_WEIGHT 100, CE_WEIGHT 1.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
 from kdsweep.core.methods.features import Features, FeatureShapes, middle
 
-
-class Regressor(nn.Module):
-    """Maps a student feature map ``(C_s, H_s, W_s)`` onto a teacher one ``(C_t, H_t, W_t)``."""
-
-    def __init__(self, student: tuple[int, ...], teacher: tuple[int, ...]) -> None:
-        super().__init__()
-        (cs, hs, ws), (ct, ht, wt) = student[:3], teacher[:3]
-        self.size = (ht, wt)
-        self.resize = False
-        if (hs, ws) == (ht, wt):
-            self.conv: nn.Module = nn.Conv2d(cs, ct, 1, bias=False)
-        elif (hs, ws) == (2 * ht, 2 * wt):
-            self.conv = nn.Conv2d(cs, ct, 3, stride=2, padding=1, bias=False)
-        elif (2 * hs, 2 * ws) == (ht, wt):
-            self.conv = nn.ConvTranspose2d(cs, ct, 4, stride=2, padding=1, bias=False)
-        elif hs >= ht and ws >= wt:
-            self.conv = nn.Conv2d(cs, ct, (1 + hs - ht, 1 + ws - wt), bias=False)
-        else:
-            self.conv, self.resize = nn.Conv2d(cs, ct, 1, bias=False), True
-        self.bn = nn.BatchNorm2d(ct)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.resize:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        return F.relu(self.bn(x))
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def fitnet_connector(shapes: FeatureShapes, params: dict[str, float]) -> nn.Module:
+    from kdsweep.core.methods.connectors.fitnet import Regressor  # on use: it subclasses nn.Module
+
     if len(shapes.student[middle(len(shapes.student))]) != 3 or len(shapes.teacher[middle(len(shapes.teacher))]) != 3:
         raise ValueError("fitnet's hint needs feature maps (C, H, W) at the middle stages; got "
                          f"{shapes.student[middle(len(shapes.student))]} and {shapes.teacher[middle(len(shapes.teacher))]}")
@@ -77,6 +55,8 @@ def fitnet_terms(
     label_smoothing: float = 0.0,
     feats: Features,
 ) -> Terms:
+    import torch.nn.functional as F
+
     f_s = feats.student[middle(len(feats.student))].float()
     f_t = feats.teacher[middle(len(feats.teacher))].float()
     regressed = feats.connector(f_s).float()

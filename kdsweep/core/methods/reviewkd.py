@@ -17,7 +17,7 @@ conv1x1_bn maps to ``mid`` = min(512, channels of the deepest student stage) cha
 conv3x3_bn to the teacher's channels at that stage, so different widths and depths pair up (the
 deepest stages of each network, :func:`kdsweep.core.methods.features.paired`).
 
-The ABF blocks are the connector (trained by the student's optimizer, saved in the checkpoint).
+The ABF blocks are the connector (``kdsweep.core.methods.connectors.reviewkd``; trained by the student's optimizer, saved in the checkpoint).
 The reference code compares with the teacher's pre-activation stage outputs; kdsweep taps the
 teacher's stage outputs as named (post-activation for the built-in families' defaults: name a
 pre-activation layer in ``teacher.features`` to follow the reference exactly).
@@ -29,58 +29,15 @@ section): REVIEWKD_WEIGHT 1, WARMUP_EPOCHS 20, CE_WEIGHT 1, MAX_MID_CHANNEL 512.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
 from kdsweep.core.methods.dkd import warmup_factor
 from kdsweep.core.methods.features import Features, FeatureShapes, paired
 
-MAX_MID = 512
-
-
-class ABF(nn.Module):
-    """One attention-based fusion block: this stage's feature fused with the deeper residual."""
-
-    def __init__(self, c_in: int, mid: int, c_out: int, fuse: bool) -> None:
-        super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
-        self.att = nn.Sequential(nn.Conv2d(2 * mid, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)  # as the reference
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, out_size: tuple[int, int]):
-        x = self.conv1(x)
-        if self.att is not None and residual is not None:
-            residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
-            a = self.att(torch.cat([x, residual], dim=1))
-            x = x * a[:, :1] + residual * a[:, 1:]
-        fused = x
-        if x.shape[-2:] != out_size:
-            x = F.interpolate(x, size=out_size, mode="nearest")
-        return self.conv2(x), fused
-
-
-class ReviewConnector(nn.Module):
-    """The ABF blocks, deepest first; maps the student's stages (+ embedding) to the teacher's shapes."""
-
-    def __init__(self, student: list[tuple[int, ...]], teacher: list[tuple[int, ...]]) -> None:
-        super().__init__()
-        mid = min(MAX_MID, student[-1][0])
-        n = len(student)
-        self.out_sizes = [tuple(t[1:3]) if len(t) == 3 else (1, 1) for t in teacher][::-1]
-        self.blocks = nn.ModuleList(
-            ABF(s[0], mid, t[0], fuse=i < n - 1) for i, (s, t) in enumerate(zip(student, teacher)))[::-1]
-
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Student maps shallow to deep -> fused maps shallow to deep, in the teacher's shapes."""
-        out, residual = [], None
-        for x, block, size in zip(feats[::-1], self.blocks, self.out_sizes):
-            y, residual = block(x, residual, size)
-            out.insert(0, y)
-        return out
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def as_map(e: torch.Tensor) -> torch.Tensor:
@@ -92,6 +49,8 @@ def _stage_shapes(stages, embedding: int | None) -> list[tuple[int, ...]]:
 
 
 def reviewkd_connector(shapes: FeatureShapes, params: dict[str, float]) -> nn.Module:
+    from kdsweep.core.methods.connectors.reviewkd import ReviewConnector  # on use: it subclasses nn.Module
+
     s, t = paired(_stage_shapes(shapes.student, shapes.student_embedding),
                   _stage_shapes(shapes.teacher, shapes.teacher_embedding))
     bad = [x for x in s + t if len(x) != 3]
@@ -102,6 +61,8 @@ def reviewkd_connector(shapes: FeatureShapes, params: dict[str, float]) -> nn.Mo
 
 def hcl(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Hierarchical context loss of one stage (see the module docstring)."""
+    import torch.nn.functional as F  # on use, so that declaring the method imports no torch (see methods/base.py)
+
     loss = F.mse_loss(f_s, f_t)
     weight, total = 1.0, 1.0
     for level in (4, 2, 1):
@@ -123,6 +84,8 @@ def reviewkd_terms(
     label_smoothing: float = 0.0,
     feats: Features,
 ) -> Terms:
+    import torch
+
     s, t = paired([*feats.student, as_map(feats.student_embedding)], [*feats.teacher, as_map(feats.teacher_embedding)])
     fused = feats.connector([f.float() for f in s])
     review = sum((hcl(u.float(), f.float()) for u, f in zip(fused, t)), student_logits.new_zeros((), dtype=torch.float32))

@@ -22,17 +22,21 @@ ANGLE_WEIGHT 50, CE_WEIGHT 1, on the pooled (penultimate) features.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from kdsweep.core.methods.base import Method, MethodParam, Terms, hard_ce, register
 from kdsweep.core.methods.features import Features
+
+if TYPE_CHECKING:
+    import torch
 
 EPS = 1e-12  # floor of the squared distance, as in the reference's pdist
 
 
 def normalised_distances(e: torch.Tensor) -> torch.Tensor:
     """[B, D] -> [B, B] pairwise Euclidean distances divided by their off-diagonal mean."""
+    import torch  # on use, so that declaring the method imports no torch (see methods/base.py)
+
     e = e.float()
     sq = e.pow(2).sum(1)
     d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.t()).clamp(min=EPS)
@@ -45,6 +49,9 @@ def normalised_distances(e: torch.Tensor) -> torch.Tensor:
 
 def angles(e: torch.Tensor) -> torch.Tensor:
     """[B, D] -> [B, B, B]: cosine of the angle at j between e_i and e_k."""
+    import torch
+    import torch.nn.functional as F
+
     e = e.float()
     diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # [j, i, :] = unit(e_i - e_j)
     return torch.bmm(diff, diff.transpose(1, 2))
@@ -60,6 +67,8 @@ def rkd_terms(
     label_smoothing: float = 0.0,
     feats: Features,
 ) -> Terms:
+    import torch.nn.functional as F
+
     e_s, e_t = feats.student_embedding, feats.teacher_embedding.detach()
     dist = F.smooth_l1_loss(normalised_distances(e_s), normalised_distances(e_t))
     angle = F.smooth_l1_loss(angles(e_s), angles(e_t))
