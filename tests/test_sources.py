@@ -257,6 +257,7 @@ def test_study_runs_a_torchvision_checkpoint_teacher_and_a_user_file_student(wor
     assert t.params["arch"] == "torchvision:mobilenet_v3_small"
     assert t.params["arch_source"].startswith("torchvision ")
     assert t.metrics["num_params"] == count_params(teacher)
+    assert t.params["param_count"] == str(count_params(teacher))  # a param too: known before the run trains
     # used as-is: the teacher run's test accuracy is that of the file's weights, evaluated here
     data = load_data(load_spec(spec))
     assert t.metrics["final_test_acc"] == pytest.approx(evaluate_split(teacher, data)[1])
@@ -265,7 +266,8 @@ def test_study_runs_a_torchvision_checkpoint_teacher_and_a_user_file_student(wor
         assert p["arch"] == f"{nets}:tiny"  # made absolute against the spec's folder
         assert p["arch_source"] == identity(f"{nets}:tiny") and "sha256:" in p["arch_source"]
         assert p["arch_args"] == '{"channels":4}'
-        assert m["num_params"] == count_params(build_model(f"{nets}:tiny", num_classes=10, arch_args={"channels": 4}))
+        size = count_params(build_model(f"{nets}:tiny", num_classes=10, arch_args={"channels": 4}))
+        assert m["num_params"] == size and p["param_count"] == str(size)
 
 
 def test_validate_refuses_a_width_for_a_fixed_width_arch_in_one_line(workdir, subset_root):

@@ -35,7 +35,7 @@ from kdsweep.study.speed import LatencyBook, speed_params, with_speed
 from kdsweep.study.tables import describe_source, feature_params
 from kdsweep.core.checkpoint import weights_payload
 from kdsweep.core.summary import Selected
-from kdsweep.study.teacher import Trained, data_params, obtain
+from kdsweep.study.teacher import Trained, data_params, model_params, obtain
 
 
 # a store gone or full: every later trial would fail the same way, so the study stops and the trial
@@ -174,7 +174,8 @@ class Objective:
             online = OnlineTeacherRun(self.spec, self.data, cfg, recorder=self.recorder, trial=trial, seed=seed,
                                       workdir=self.workdir)
         speed = self.speeds.of(cfg.arch, cfg.width)  # measured before training, on an idle device
-        params = {**cfg.as_params(), **data_params(self.data), **speed_params(speed), "trial": trial.number,
+        params = {**cfg.as_params(), **data_params(self.data), **model_params(cfg, self.data),
+                  **speed_params(speed), "trial": trial.number,
                   "baseline_run_id": base.run_id,
                   "teacher_run_id": online.run_id if online else self.teacher.run_id,
                   "teacher_logits": "trained beside the student" if online else describe_source(self.source, cfg),

@@ -21,7 +21,7 @@ from kdsweep.core.trainer import RunRequest, TrainResult
 from kdsweep.study.recorder import Recorder, RunInfo
 from kdsweep.study.spec import StudySpec
 from kdsweep.core.checkpoint import weights_payload
-from kdsweep.study.teacher import data_params
+from kdsweep.study.teacher import data_params, model_params
 from kdsweep.core.config import arch_args_json
 
 # the teacher steps on the student's batches, so these come from the student's recipe
@@ -48,7 +48,8 @@ class OnlineTeacherRun:
         student_key = student.fingerprint(data_identity=data.identity)
         # keyed by the pair, so it never matches (and is never reused as) a pretrained teacher
         self.key = self.cfg.fingerprint(data_identity=f"{data.identity}|online-with:{student_key}")
-        params = {**self.cfg.as_params(), **data_params(data), "mode": "online", "trial": trial.number}
+        params = {**self.cfg.as_params(), **data_params(data), **model_params(self.cfg, data),
+                  "mode": "online", "trial": trial.number}
         tags = {"study": spec.name, "trial": str(trial.number), "seed": str(seed), "mode": "online"}
         # under the prefix recovery.py closes when a killed trial is retried
         attr = f"mlflow_run_id_seed{seed}_teacher"

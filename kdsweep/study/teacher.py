@@ -7,7 +7,9 @@ interrupted resumes from its per-epoch checkpoint in ``workdir/progress``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,6 +47,27 @@ def data_params(data: ImageSet) -> dict[str, str]:
             "val_images": 0 if data.val_y is None else len(data.val_y), "loader": data.loader}
 
 
+def model_params(cfg: TrainConfig, data: ImageSet) -> dict[str, int]:
+    """The run's model size as a param (``param_count``), known before it trains (the metric
+    ``num_params`` comes with the final metrics): counted on the meta device, no weights made."""
+    return {"param_count": _param_count(cfg.arch, cfg.width, cfg.arch_args, data.num_classes)}
+
+
+@functools.lru_cache(maxsize=256)
+def _param_count(arch: str, width: float, arch_args: str, num_classes: int) -> int:
+    import torch
+
+    from kdsweep.core.models import build_model
+
+    args = json.loads(arch_args) if arch_args else None
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, num_classes=num_classes, width=width, arch_args=args)
+    except Exception:  # noqa: BLE001 - a builder that needs real tensors: build it on the CPU
+        model = build_model(arch, num_classes=num_classes, width=width, arch_args=args)
+    return count_params(model)
+
+
 def obtain(role: str, cfg: TrainConfig, data: ImageSet, *, recorder: Recorder, workdir: Path,
            tags: dict[str, str], teacher: TeacherSource | None = None, locks: Locks = ProcessLocks(),
            train_fn: Callable[..., TrainResult] = train, params: dict | None = None,
@@ -69,7 +92,7 @@ def _obtain(role: str, key: str, cfg: TrainConfig, data: ImageSet, *, recorder: 
         model = load_weights(found.checkpoint, cfg.arch, cfg.width, data.num_classes, cfg.arch_kwargs)
         return Trained(model.eval(), found.summary, found.run_id, reused=True)
 
-    params = {**cfg.as_params(), **data_params(data), **(params or {})}
+    params = {**cfg.as_params(), **data_params(data), **model_params(cfg, data), **(params or {})}
     run_id = recorder.start(RunInfo(role=role, key=key, params=params, tags=tags))
     try:
         result = train_fn(cfg, data, teacher=teacher, checkpoint_path=workdir / "progress" / f"{role}-{key}.pt",
@@ -104,7 +127,7 @@ def from_checkpoint(path: Path, cfg: TrainConfig, data: ImageSet, *, recorder: R
                          num_params=count_params(model), final_val_acc=val_acc)
     params = {"arch": cfg.arch, "width": cfg.width, "arch_source": cfg.arch_source, "checkpoint": str(path),
               "checkpoint_sha256": digest, **({"arch_args": cfg.arch_args} if cfg.arch_args else {}),
-              **data_params(data)}
+              **data_params(data), **model_params(cfg, data)}
     run_id = recorder.start(RunInfo(role="teacher", key=key, params=params, tags={**tags, "source": "checkpoint"}))
     recorder.finish(run_id, summary, Path(path))
     return Trained(model.eval(), summary, run_id, reused=False)
