@@ -46,11 +46,18 @@ class MobileNetV2(nn.Module):
         super().__init__()
         c_in = scale(32, multiplier)
         layers: list[nn.Module] = _conv_bn(in_channels, c_in, 3, stride=2)
-        for t, c, n, s in _STAGES:
+        ends = []
+        for k, (t, c, n, s) in enumerate(_STAGES):
             c_out = scale(c, multiplier)
             for j in range(n):
                 layers.append(InvertedResidual(c_in, c_out, s if j == 0 else 1, t))
                 c_in = c_out
+            ends.append(f"features.{len(layers) - 1}")
+        # feature distillation's defaults (kdsweep.core.taps): the last block at each resolution
+        # (after the table's stages 2, 3, 5 and 7: 16/8/4/2 px at 32px input), as the reference
+        # code's feature list after the stem; not the final 1x1 conv
+        self.feature_stages = tuple(ends[k] for k in (1, 2, 4, 6))
+        self.embedding_layer = "fc"
         # As in the paper, the last conv is not thinned below 1280 channels.
         last = scale(1280, max(1.0, multiplier))
         self.features = nn.Sequential(*layers, *_conv_bn(c_in, last, 1))

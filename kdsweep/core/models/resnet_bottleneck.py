@@ -52,6 +52,9 @@ class BottleneckResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        # feature distillation's defaults (kdsweep.core.taps): the last block of each stage
+        self.feature_stages = tuple(f"layers.{sum(blocks[:i + 1]) - 1}" for i in range(len(blocks)))
+        self.embedding_layer = "fc"
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,7 @@ class ShuffleNetV1(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c_in, 1, bias=False), nn.BatchNorm2d(c_in),
                                   nn.ReLU(inplace=True))
         units: list[nn.Module] = []
+        ends = []  # feature distillation's defaults (kdsweep.core.taps): the last unit of each stage
         for i, (base, n) in enumerate(zip((240, 480, 960), (4, 8, 4))):
             c_stage = _multiple_of_12(base * width)
             for j in range(n):
@@ -66,7 +67,10 @@ class ShuffleNetV1(nn.Module):
                 else:
                     units.append(ShuffleUnit(c_stage, c_stage, 1, first_groups=GROUPS))
             c_in = c_stage
+            ends.append(f"units.{len(units) - 1}")
         self.units = nn.Sequential(*units)
+        self.feature_stages = tuple(ends)
+        self.embedding_layer = "fc"
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
         init_weights(self)

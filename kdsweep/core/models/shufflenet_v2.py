@@ -56,11 +56,15 @@ class ShuffleNetV2(nn.Module):
         c_in = scale(24, width)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c_in, 1, bias=False), nn.BatchNorm2d(c_in),
                                    nn.ReLU(inplace=True)]
+        ends = []  # feature distillation's defaults (kdsweep.core.taps): the last unit of each stage
         for base, n in zip((116, 232, 464), (3, 7, 3)):
             c_out = 2 * scale(base // 2, width)  # even, so the units split it in halves
             layers.append(DownUnit(c_in, c_out))
             layers += [BasicUnit(c_out) for _ in range(n)]
+            ends.append(f"features.{len(layers) - 1}")
             c_in = c_out
+        self.feature_stages = tuple(ends)  # not the final 1x1 conv to 1024, as the reference's list
+        self.embedding_layer = "fc"
         last = scale(1024, max(1.0, width))  # the paper keeps 1024 for its 0.5x-1.5x nets
         layers += _conv_bn(c_in, last, 1)
         self.features = nn.Sequential(*layers)

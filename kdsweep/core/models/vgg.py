@@ -24,6 +24,7 @@ class VGG(nn.Module):
     def __init__(self, convs: Sequence[int], num_classes: int, width: float, in_channels: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
+        ends = []  # feature distillation's defaults (kdsweep.core.taps)
         c_in = in_channels
         for i, (base, n) in enumerate(zip(_BLOCK_CHANNELS, convs)):
             c_out = scale(base, width)
@@ -31,9 +32,16 @@ class VGG(nn.Module):
                 # The conv keeps its bias, as in the reference counts, although BN follows.
                 layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
                 c_in = c_out
+            if i != 3:  # a pool follows: a max-pool after the first three blocks, the global pool after the last
+                ends.append(f"features.{len(layers) - 1}")
             if i < 3:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
+        # The last ReLU of each block before a pool: one map per resolution (32/16/8/4 px at 32px
+        # input). The reference code's list also has block 4's output, at block 5's size (name
+        # it in student.features / teacher.features to tap it).
+        self.feature_stages = tuple(ends)
+        self.embedding_layer = "fc"
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
         init_weights(self)

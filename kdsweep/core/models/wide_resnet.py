@@ -54,6 +54,10 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
+        # feature distillation's defaults (kdsweep.core.taps): the last block of each stage, as the
+        # reference code's feature list (block1..block3 outputs, before the final BN-ReLU)
+        self.feature_stages = tuple(f"blocks.{(i + 1) * n - 1}" for i in range(3))
+        self.embedding_layer = "fc"
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
