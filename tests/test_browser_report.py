@@ -68,11 +68,12 @@ def served_study(tmp_path_factory, subset_root):
             time.sleep(0.5)
         recipe = {"epochs": 2, "batch_size": 64, "lr": 0.05}
         spec = write_spec(work / "spec.yaml", subset_root, name="browser", n_trials=2,
-                          teacher={"arch": "resnet8", "width": 0.5, "recipe": {**recipe, "epochs": 1}},
+                          teacher={"arch": "resnet8", "width": 0.5, "recipe": {**recipe, "epochs": 3}},
                           student={"arch": "resnet8", "width": 0.25, "recipe": recipe})
-        # system metrics sampled every 0.5 s (MLflow's own setting), so even these short runs get some
+        # system metrics sampled every 0.1 s (MLflow's own setting), so even these short runs get some:
+        # the teacher's 3 epochs take under a second on a quiet 2-core machine once its model is built
         run = run_cli("study", "run", str(spec), "--tracking-uri", url, cwd=work,
-                      env={**ONE_THREAD, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"})
+                      env={**ONE_THREAD, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.1"})
         assert run.returncode == 0, run.stderr[-3000:]
         html = work / "report.html"
         report = run_cli("report", "browser", "--tracking-uri", url, "--storage", f"sqlite:///{work}/mlruns/optuna.db",
